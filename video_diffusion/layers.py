@@ -1,0 +1,139 @@
+"""Building blocks of the Unet3D: convolutions, norms and residual blocks.
+
+Every array is channels-last: videos are (batch, frames, height, width, channels).
+Spatial (1, k, k) convolutions of the reference run as 2-D convolutions over
+(batch * frames, height, width, channels), which XLA executes about twice as fast
+as the equivalent 3-D convolution on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def _over_frames(fn, x: jax.Array) -> jax.Array:
+  """Applies a per-image function to a (b, f, h, w, c) video, frame by frame."""
+  b, f = x.shape[:2]
+  y = fn(x.reshape((b * f,) + x.shape[2:]))
+  return y.reshape((b, f) + y.shape[1:])
+
+
+class SpatialConv(nnx.Module):
+  """A (1, k, k) convolution of the reference, run as a 2-D conv over frames."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
+               stride: int = 1, padding: int | None = None, use_bias: bool = True,
+               rngs: nnx.Rngs):
+    padding = kernel_size // 2 if padding is None else padding
+    self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
+                         strides=(stride, stride),
+                         padding=((padding, padding), (padding, padding)),
+                         use_bias=use_bias, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _over_frames(self.conv, x)
+
+
+class Upsample(nnx.Module):
+  """The reference's ConvTranspose3d((1, 4, 4), stride (1, 2, 2), padding (0, 1, 1)).
+
+  `kernel` is (4, 4, in, out) with kernel[i, j, a, b] == torch_weight[a, b, 0, i, j];
+  the transposed convolution is a convolution of the 2x dilated input with the
+  spatially flipped kernel.
+  """
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    init = nnx.initializers.lecun_normal()
+    self.kernel = nnx.Param(init(rngs.params(), (4, 4, dim, dim)))
+    self.bias = nnx.Param(jnp.zeros((dim,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...][::-1, ::-1]
+
+    def up(images):
+      y = jax.lax.conv_general_dilated(
+          images, kernel, window_strides=(1, 1), padding=((2, 2), (2, 2)),
+          lhs_dilation=(2, 2), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return y + self.bias[...]
+
+    return _over_frames(up, x)
+
+
+def Downsample(dim: int, *, rngs: nnx.Rngs) -> SpatialConv:
+  """The reference's Conv3d((1, 4, 4), stride (1, 2, 2), padding (0, 1, 1))."""
+  return SpatialConv(dim, dim, 4, stride=2, padding=1, rngs=rngs)
+
+
+class ChannelLayerNorm(nnx.Module):
+  """LayerNorm over channels with a gain only (eps 1e-5, biased variance)."""
+
+  def __init__(self, dim: int, eps: float = 1e-5):
+    self.eps = eps
+    self.gamma = nnx.Param(jnp.ones((dim,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.gamma[...]
+
+
+class RMSNorm(nnx.Module):
+  """x / ||x||_channels * sqrt(dim) * gamma, as F.normalize in the reference."""
+
+  def __init__(self, dim: int):
+    self.scale = dim ** 0.5
+    self.gamma = nnx.Param(jnp.ones((dim,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, 1e-12) * self.scale * self.gamma[...]
+
+
+class Block(nnx.Module):
+  """(1, 3, 3) conv -> RMSNorm -> optional scale/shift -> SiLU."""
+
+  def __init__(self, dim: int, dim_out: int, *, rngs: nnx.Rngs):
+    self.proj = SpatialConv(dim, dim_out, 3, rngs=rngs)
+    self.norm = RMSNorm(dim_out)
+
+  def __call__(self, x, scale_shift=None):
+    x = self.norm(self.proj(x))
+    if scale_shift is not None:
+      scale, shift = scale_shift
+      x = x * (scale + 1) + shift
+    return jax.nn.silu(x)
+
+
+class ResnetBlock(nnx.Module):
+  """Two Blocks with a time-conditioned scale/shift and a residual 1x1 conv."""
+
+  def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None,
+               rngs: nnx.Rngs):
+    self.mlp = (nnx.Linear(time_emb_dim, dim_out * 2, rngs=rngs)
+                if time_emb_dim is not None else None)
+    self.block1 = Block(dim, dim_out, rngs=rngs)
+    self.block2 = Block(dim_out, dim_out, rngs=rngs)
+    self.res_conv = nnx.Linear(dim, dim_out, rngs=rngs) if dim != dim_out else None
+
+  def __call__(self, x: jax.Array, time_emb: jax.Array | None = None) -> jax.Array:
+    scale_shift = None
+    if self.mlp is not None:
+      if time_emb is None:
+        raise ValueError('ResnetBlock with time_emb_dim needs a time embedding.')
+      emb = self.mlp(jax.nn.silu(time_emb))[:, None, None, None, :]
+      scale_shift = jnp.split(emb, 2, axis=-1)
+    h = self.block2(self.block1(x, scale_shift))
+    return h + (self.res_conv(x) if self.res_conv is not None else x)
+
+
+def sinusoidal_embedding(time: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding of diffusion times (batch,) -> (batch, dim)."""
+  half_dim = dim // 2
+  freqs = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32)
+                  * -(math.log(10000) / (half_dim - 1)))
+  args = time.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)

@@ -1,0 +1,185 @@
+"""Unet3D of video-diffusion-pytorch 0.7.0 in Flax NNX, channels-last.
+
+Videos are (batch, frames, height, width, channels) arrays; the reference uses
+(batch, channels, frames, height, width).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from video_diffusion.attention import (PreNormResidual, RelativePositionBias,
+                                       SpatialAttention, SpatialLinearAttention,
+                                       TemporalAttention)
+from video_diffusion.layers import (Downsample, ResnetBlock, SpatialConv, Upsample,
+                                    sinusoidal_embedding)
+
+BERT_MODEL_DIM = 768
+
+
+def prob_mask(key: jax.Array | None, batch: int, prob: float, what: str) -> jax.Array:
+  """Boolean (batch,) mask, True with probability `prob`; needs a key if 0 < prob < 1."""
+  if prob == 1:
+    return jnp.ones((batch,), bool)
+  if prob == 0:
+    return jnp.zeros((batch,), bool)
+  if key is None:
+    raise ValueError(f'{what}={prob} draws random masks: pass a PRNG key (key=...).')
+  return jax.random.uniform(key, (batch,)) < prob
+
+
+class UnetLevel(nnx.Module):
+  """Two ResnetBlocks, spatial linear attention, temporal attention, resampling."""
+
+  def __init__(self, dim_in, dim_out, *, cond_dim, heads, dim_head, use_linear_attn,
+               resample, rngs):
+    self.block1 = ResnetBlock(dim_in, dim_out, time_emb_dim=cond_dim, rngs=rngs)
+    self.block2 = ResnetBlock(dim_out, dim_out, time_emb_dim=cond_dim, rngs=rngs)
+    self.spatial_attn = (PreNormResidual(dim_out, SpatialLinearAttention(
+        dim_out, heads=heads, rngs=rngs)) if use_linear_attn else None)
+    self.temporal_attn = PreNormResidual(dim_out, TemporalAttention(
+        dim_out, heads, dim_head, rngs=rngs))
+    self.resample = resample
+
+  def features(self, x, t, pos_bias, focus_present_mask):
+    x = self.block2(self.block1(x, t), t)
+    if self.spatial_attn is not None:
+      x = self.spatial_attn(x)
+    return self.temporal_attn(x, pos_bias=pos_bias, focus_present_mask=focus_present_mask)
+
+
+class Unet3D(nnx.Module):
+  """The reference's 3-D U-Net denoiser, with the same constructor options.
+
+  Call with x (batch, frames, height, width, channels) and integer times
+  (batch,); returns the predicted noise with shape (..., out_dim).
+  `cond` is (batch, cond_dim) (768 with use_bert_text_cond, the caller supplies
+  the text embedding). Random masks (null_cond_prob, prob_focus_present
+  strictly between 0 and 1) are drawn from `key`.
+
+  `init_dim` different from `dim` fails in the reference's forward pass; here
+  the final block takes 2 * init_dim channels, so it works.
+  """
+
+  def __init__(self, dim: int, cond_dim: int | None = None, out_dim: int | None = None,
+               dim_mults: Sequence[int] = (1, 2, 4, 8), channels: int = 3,
+               attn_heads: int = 8, attn_dim_head: int = 32,
+               use_bert_text_cond: bool = False, init_dim: int | None = None,
+               init_kernel_size: int = 7, use_sparse_linear_attn: bool = True,
+               block_type: str = 'resnet', *, rngs: nnx.Rngs):
+    if block_type != 'resnet':
+      raise ValueError(f"block_type={block_type!r}: only 'resnet' exists (as in the reference).")
+    if init_kernel_size % 2 != 1:
+      raise ValueError(f'init_kernel_size={init_kernel_size} must be odd.')
+    self.channels = channels
+    self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32, rngs=rngs)
+
+    init_dim = dim if init_dim is None else init_dim
+    self.init_conv = SpatialConv(channels, init_dim, init_kernel_size, rngs=rngs)
+    self.init_temporal_attn = PreNormResidual(
+        init_dim, TemporalAttention(init_dim, attn_heads, attn_dim_head, rngs=rngs))
+
+    dims = [init_dim, *(dim * m for m in dim_mults)]
+    in_out = list(zip(dims[:-1], dims[1:]))
+
+    self.time_dim = time_dim = dim * 4
+    self.dim = dim
+    self.time_mlp1 = nnx.Linear(dim, time_dim, rngs=rngs)
+    self.time_mlp2 = nnx.Linear(time_dim, time_dim, rngs=rngs)
+
+    self.has_cond = cond_dim is not None or use_bert_text_cond
+    cond_dim = BERT_MODEL_DIM if use_bert_text_cond else cond_dim
+    self.cond_dim = cond_dim
+    self.null_cond_emb = (nnx.Param(jax.random.normal(rngs.params(), (cond_dim,)))
+                          if self.has_cond else None)
+    emb_dim = time_dim + int(cond_dim or 0)
+
+    level = lambda d_in, d_out, resample: UnetLevel(
+        d_in, d_out, cond_dim=emb_dim, heads=attn_heads, dim_head=attn_dim_head,
+        use_linear_attn=use_sparse_linear_attn, resample=resample, rngs=rngs)
+    num_levels = len(in_out)
+    self.downs = nnx.List([
+        level(d_in, d_out, Downsample(d_out, rngs=rngs) if i < num_levels - 1 else None)
+        for i, (d_in, d_out) in enumerate(in_out)])
+
+    mid_dim = dims[-1]
+    self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, rngs=rngs)
+    self.mid_spatial_attn = PreNormResidual(
+        mid_dim, SpatialAttention(mid_dim, heads=attn_heads, rngs=rngs))
+    self.mid_temporal_attn = PreNormResidual(
+        mid_dim, TemporalAttention(mid_dim, attn_heads, attn_dim_head, rngs=rngs))
+    self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, rngs=rngs)
+
+    self.ups = nnx.List([
+        level(d_out * 2, d_in, Upsample(d_in, rngs=rngs) if i < num_levels - 1 else None)
+        for i, (d_in, d_out) in enumerate(reversed(in_out))])
+
+    self.out_dim = channels if out_dim is None else out_dim
+    self.final_block = ResnetBlock(init_dim * 2, dim, rngs=rngs)
+    self.final_conv = nnx.Linear(dim, self.out_dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array, time: jax.Array, cond: jax.Array | None = None,
+               null_cond_prob: float = 0.0, focus_present_mask: jax.Array | None = None,
+               prob_focus_present: float = 0.0, *, key: jax.Array | None = None) -> jax.Array:
+    """Predicts noise for x (b, f, h, w, c) at integer times (b,)."""
+    if self.has_cond and cond is None:
+      raise ValueError('This Unet3D was built with cond_dim/use_bert_text_cond: pass cond.')
+    batch = x.shape[0]
+    focus_key, null_key = (None, None) if key is None else jax.random.split(key)
+    if focus_present_mask is None:
+      focus_present_mask = prob_mask(focus_key, batch, prob_focus_present, 'prob_focus_present')
+    pos_bias = self.time_rel_pos_bias(x.shape[1])
+
+    x = self.init_conv(x)
+    x = self.init_temporal_attn(x, pos_bias=pos_bias)
+    r = x
+
+    t = sinusoidal_embedding(time, self.dim)
+    t = self.time_mlp2(jax.nn.gelu(self.time_mlp1(t), approximate=False))
+    if self.has_cond:
+      null_mask = prob_mask(null_key, batch, null_cond_prob, 'null_cond_prob')
+      cond = jnp.where(null_mask[:, None], self.null_cond_emb[...][None, :], cond)
+      t = jnp.concatenate([t, cond.astype(t.dtype)], axis=-1)
+
+    skips = []
+    for level in self.downs:
+      x = level.features(x, t, pos_bias, focus_present_mask)
+      skips.append(x)
+      if level.resample is not None:
+        x = level.resample(x)
+
+    x = self.mid_block1(x, t)
+    x = self.mid_spatial_attn(x)
+    x = self.mid_temporal_attn(x, pos_bias=pos_bias, focus_present_mask=focus_present_mask)
+    x = self.mid_block2(x, t)
+
+    for level in self.ups:
+      x = jnp.concatenate([x, skips.pop()], axis=-1)
+      x = level.features(x, t, pos_bias, focus_present_mask)
+      if level.resample is not None:
+        x = level.resample(x)
+
+    x = jnp.concatenate([x, r], axis=-1)
+    return self.final_conv(self.final_block(x))
+
+  def forward_with_cond_scale(self, x, time, cond=None, cond_scale: float = 2.0,
+                              **kwargs) -> jax.Array:
+    """Classifier-free guidance: null + (cond - null) * cond_scale in one batched call."""
+    if cond_scale == 1 or not self.has_cond:
+      return self(x, time, cond, null_cond_prob=0.0, **kwargs)
+    batch = x.shape[0]
+    both = self._guided_pair_call(x, time, cond, **kwargs)
+    logits, null_logits = both[:batch], both[batch:]
+    return null_logits + (logits - null_logits) * cond_scale
+
+  def _guided_pair_call(self, x, time, cond, focus_present_mask=None, **kwargs):
+    double = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
+    batch = x.shape[0]
+    null_mask = jnp.arange(2 * batch) >= batch
+    cond2 = jnp.where(null_mask[:, None], self.null_cond_emb[...][None, :], double(cond))
+    return self(double(x), double(time), cond2, null_cond_prob=0.0,
+                focus_present_mask=double(focus_present_mask), **kwargs)
