@@ -81,3 +81,17 @@ def test_missing_and_unexpected_parameters_are_named(checkpoint_spec):
 def test_checkpoint_of_another_model_is_a_clear_error():
   with pytest.raises(CheckpointMismatchError, match="has no 'time_rel_pos_bias"):
     convert_reference_checkpoint(FIXTURES / 'torch_pickle_sample.pt', abstract_unet(dim=4))
+
+
+def test_converted_checkpoint_round_trips_through_orbax(tmp_path, checkpoint_spec):
+  from video_diffusion.convert import load_converted, save_converted
+  model = abstract_unet(**checkpoint_spec['unet'])
+  converted = convert_reference_checkpoint(CHECKPOINT, model)
+  save_converted(converted, tmp_path / 'converted')
+  restored = load_converted(tmp_path / 'converted', model)
+  assert restored.step == converted.step
+  for ours, theirs in ((restored.params, converted.params),
+                       (restored.ema_params, converted.ema_params)):
+    for (path, a), (_, b) in zip(nnx.to_flat_state(ours), nnx.to_flat_state(theirs)):
+      np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
+                                    err_msg=str(path))

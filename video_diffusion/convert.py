@@ -10,6 +10,7 @@ import dataclasses
 import pathlib
 from typing import Iterator, Mapping
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -181,3 +182,30 @@ def unet_from_state_dict(state_dict: Mapping[str, np.ndarray], **unet_kwargs) ->
   model = nnx.eval_shape(lambda: Unet3D(**unet_kwargs, rngs=nnx.Rngs(0)))
   nnx.update(model, convert_state_dict(state_dict, model))
   return model
+
+
+def save_converted(converted: ConvertedCheckpoint, directory: str | pathlib.Path) -> pathlib.Path:
+  """Writes step, params and EMA params as an orbax checkpoint in `directory`."""
+  import orbax.checkpoint as ocp
+  directory = pathlib.Path(directory).absolute()
+  tree = {'step': converted.step, 'params': converted.params.to_pure_dict(),
+          'ema_params': converted.ema_params.to_pure_dict()}
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(directory, tree)
+  return directory
+
+
+def load_converted(directory: str | pathlib.Path, model: Unet3D) -> ConvertedCheckpoint:
+  """Reads a checkpoint written by `save_converted` into Param states shaped like `model`."""
+  import orbax.checkpoint as ocp
+  params = nnx.state(model, nnx.Param)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params.to_pure_dict())
+  target = {'step': 0, 'params': abstract, 'ema_params': abstract}
+  with ocp.StandardCheckpointer() as checkpointer:
+    tree = checkpointer.restore(pathlib.Path(directory).absolute(), target)
+  states = []
+  for name in ('params', 'ema_params'):
+    state = jax.tree.map(lambda leaf: leaf, params)
+    nnx.replace_by_pure_dict(state, tree[name])
+    states.append(state)
+  return ConvertedCheckpoint(int(tree['step']), *states)

@@ -1,0 +1,211 @@
+"""Train-step and denoiser benchmark of the JAX port against the PyTorch reference.
+
+  python benchmarks/bench_model.py [--configs tiny,seed_v2_2] [--repeats 5]
+                                   [--allocators glibc,jemalloc]
+
+Each allocator row runs with that malloc preloaded (video_diffusion.allocator);
+the reference was measured with glibc and with jemalloc too.
+
+Each config runs in its own subprocess (`--one NAME --json`), so peak RSS is per
+config; the parent collects one JSON line per config and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from video_diffusion.allocator import active_allocator, allocator_env  # noqa: E402  (no jax)
+
+CONFIGS = {
+    'tiny': dict(dim=16, dim_mults=(1, 2, 4), channels=1, image_size=32, num_frames=8,
+                 batch=4),
+    'seed_v2_2': dict(dim=32, dim_mults=(1, 2, 4, 8), channels=1, image_size=64,
+                      num_frames=10, batch=4),
+}
+# video-diffusion-pytorch 0.7.0 on the same machine: train step and one denoiser call
+# in seconds with glibc malloc / jemalloc, peak RSS in GB, GFLOP per train step.
+REFERENCE = {
+    'tiny': dict(step=(4.1, 1.42), denoise=(1.08, 0.72), rss_gb=2.1, gflop=50),
+    'seed_v2_2': dict(step=(30.4, 11.0), denoise=(8.0, 4.6), rss_gb=9.0, gflop=637),
+}
+CPU_PEAK_GFLOPS = 166.0  # 2 cores x 2.6 GHz x 32 FP32 FLOP/cycle
+WARMUPS = 2
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return 'unknown CPU'
+
+
+def median_time(fn, repeats: int) -> float:
+  """Median wall time of `fn()` (which blocks until ready) after WARMUPS calls."""
+  for _ in range(WARMUPS):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def flops_of(compiled) -> float | None:
+  """'flops' from a compiled function's cost analysis (a dict, or a list of dicts)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return None if not cost or 'flops' not in cost else float(cost['flops'])
+
+
+def run_one(name: str, repeats: int) -> dict:
+  """Benchmarks one config in this process; returns the figures as a dict."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  from video_diffusion import GaussianDiffusion, Unet3D
+
+  c = CONFIGS[name]
+  unet = Unet3D(dim=c['dim'], dim_mults=c['dim_mults'], channels=c['channels'],
+                rngs=nnx.Rngs(0))
+  diffusion = GaussianDiffusion(unet, image_size=c['image_size'], num_frames=c['num_frames'],
+                                channels=c['channels'], timesteps=1000, loss_type='l2')
+  shape = (c['batch'],) + diffusion.video_shape
+  kx, kt, kb, kstep = jax.random.split(jax.random.key(0), 4)
+
+  # One denoiser call (done first: the train step below donates the shared params).
+  ugraph, ustate = nnx.split(unet)
+  denoise = jax.jit(lambda state, x, t: nnx.merge(ugraph, state)(x, t))
+  x = jax.random.normal(kx, shape)
+  t = jax.random.randint(kt, (c['batch'],), 0, 1000)
+  denoise = denoise.lower(ustate, x, t).compile()
+  denoise_s = median_time(lambda: jax.block_until_ready(denoise(ustate, x, t)), repeats)
+
+  # Train step: loss + grad + Adam update as one pure jitted function.
+  graphdef, params, rest = nnx.split(diffusion, nnx.Param, ...)
+  n_params = sum(p.size for p in jax.tree.leaves(params))
+  tx = optax.adam(1e-4)
+  opt_state = tx.init(params)
+
+  def train_step(params, opt_state, rest, batch, key):
+    def loss_fn(p):
+      return nnx.merge(graphdef, p, rest)(batch, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  batch = jax.random.uniform(kb, shape)
+  t0 = time.perf_counter()
+  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+      params, opt_state, rest, batch, kstep).compile()
+  compile_s = time.perf_counter() - t0
+  flops = flops_of(step)
+
+  keys = iter(jax.random.split(kstep, WARMUPS + repeats))
+  state = {'params': params, 'opt_state': opt_state, 'loss': None}
+
+  def one_step():
+    p, o, loss = step(state['params'], state['opt_state'], rest, batch, next(keys))
+    state.update(params=p, opt_state=o, loss=jax.block_until_ready(loss))
+
+  step_s = median_time(one_step, repeats)
+  device = jax.devices()[0]
+  return dict(config=name, params_m=n_params / 1e6, compile_s=compile_s, step_s=step_s,
+              denoise_s=denoise_s, flops=flops, loss=float(state['loss']),
+              rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+              platform=device.platform, device_kind=device.device_kind,
+              jax_version=jax.__version__, allocator=active_allocator())
+
+
+def fmt(v, spec: str) -> str:
+  return '-' if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+  """The Markdown table of our figures, the reference's, and the speedup."""
+  head = ['config', 'malloc', 'params (M)', 'compile (s)', 'train step (s)', 'denoiser (s)',
+          'peak RSS (GB)', 'GFLOP/step', 'GFLOP/s', '% CPU peak',
+          'ref step (s) glibc / jemalloc', 'ref denoiser (s) glibc / jemalloc',
+          'ref RSS (GB)', 'ref GFLOP/step', 'speedup vs ref (same malloc)']
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    ref = REFERENCE[r['config']]
+    gflop = None if r['flops'] is None else r['flops'] / 1e9
+    gflops = None if gflop is None else gflop / r['step_s']
+    frac = 100 * gflops / CPU_PEAK_GFLOPS if gflops and r['platform'] == 'cpu' else None
+    ref_step = ref['step'][0 if r['allocator'] == 'glibc' else 1]
+    cells = [r['config'], r['allocator'], fmt(r['params_m'], '.3f'), fmt(r['compile_s'], '.1f'),
+             fmt(r['step_s'], '.3f'), fmt(r['denoise_s'], '.3f'), fmt(r['rss_gb'], '.2f'),
+             fmt(gflop, '.1f'), fmt(gflops, '.1f'), fmt(frac, '.1f'),
+             '{} / {}'.format(*ref['step']), '{} / {}'.format(*ref['denoise']),
+             str(ref['rss_gb']), str(ref['gflop']), fmt(ref_step / r['step_s'], '.2f')]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--configs', default=','.join(CONFIGS))
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--one', choices=sorted(CONFIGS), help='run one config in this process')
+  parser.add_argument('--json', action='store_true', help='with --one: print one JSON line')
+  parser.add_argument('--allocators', default='glibc,auto',
+                      help='comma-separated: glibc, jemalloc, tcmalloc, auto (fastest installed)')
+  args = parser.parse_args()
+  if args.one:
+    result = run_one(args.one, args.repeats)
+    print(json.dumps(result) if args.json else result, flush=True)
+    return
+
+  names = [n for n in args.configs.split(',') if n]
+  for n in names:
+    if n not in CONFIGS:
+      parser.error(f'unknown config {n!r}: use some of {",".join(CONFIGS)}')
+  # The parent never imports jax, so it holds no accelerator memory the children need.
+  env = dict(os.environ)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
+  rows = []
+  allocators = list(dict.fromkeys(args.allocators.split(',')))
+  for n in names:
+    for allocator in allocators:
+      print(f'running {n} with {allocator} malloc ...', file=sys.stderr, flush=True)
+      try:
+        child_env = allocator_env(allocator, env)
+      except ValueError as error:
+        sys.exit(str(error))
+      proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', n, '--json',
+                             '--repeats', str(args.repeats)], stdout=subprocess.PIPE,
+                            text=True, env=child_env)
+      if proc.returncode != 0:
+        print(f'config {n} with {allocator} malloc failed (exit status {proc.returncode}; '
+              '-9 is usually out of memory)', file=sys.stderr, flush=True)
+        continue
+      rows.append(json.loads([l for l in proc.stdout.splitlines() if l.startswith('{')][-1]))
+  if not rows:
+    sys.exit('no config ran to completion')
+  kinds = sorted({r['device_kind'] for r in rows})
+  print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {rows[0]['jax_version']} | "
+        f"{cpu_model()} ({os.cpu_count()} CPUs) | device {', '.join(kinds)} | "
+        f"median of {args.repeats} after {WARMUPS} warm-ups")
+  print()
+  print(table(rows))
+
+
+if __name__ == '__main__':
+  main()
