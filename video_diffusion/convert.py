@@ -188,8 +188,8 @@ def save_converted(converted: ConvertedCheckpoint, directory: str | pathlib.Path
   """Writes step, params and EMA params as an orbax checkpoint in `directory`."""
   import orbax.checkpoint as ocp
   directory = pathlib.Path(directory).absolute()
-  tree = {'step': converted.step, 'params': converted.params.to_pure_dict(),
-          'ema_params': converted.ema_params.to_pure_dict()}
+  tree = {'step': converted.step, 'params': nnx.to_pure_dict(converted.params),
+          'ema_params': nnx.to_pure_dict(converted.ema_params)}
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory, tree)
   return directory
@@ -199,7 +199,7 @@ def load_converted(directory: str | pathlib.Path, model: Unet3D) -> ConvertedChe
   """Reads a checkpoint written by `save_converted` into Param states shaped like `model`."""
   import orbax.checkpoint as ocp
   params = nnx.state(model, nnx.Param)
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params.to_pure_dict())
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.to_pure_dict(params))
   target = {'step': 0, 'params': abstract, 'ema_params': abstract}
   with ocp.StandardCheckpointer() as checkpointer:
     tree = checkpointer.restore(pathlib.Path(directory).absolute(), target)
