@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test bench fixtures
+.PHONY: setup demo test bench fixtures
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Train the built-in demo (resumes if interrupted), then sample from its EMA weights.
+demo: setup
+	$(PY) train.py --config configs/config.yaml --resume_step -1
+	$(PY) sample.py --config configs/config.yaml --load-ema-params --batch-size 9 \
+	  --output-path results/demo/samples-final
 
 test: setup
 	$(PY) -m pytest

@@ -87,13 +87,13 @@ def test_demo_config_values():
   u, d, t = cfg.unet, cfg.diffusion, cfg.trainer
   assert (u.dim, u.dim_mults, u.channels, u.attn_heads, u.attn_dim_head) == (16, (1, 2, 4), 1, 4,
                                                                              16)
+  assert not u.use_sparse_linear_attn and u.cond_dim is None
   assert (d.image_size, d.num_frames, d.channels, d.timesteps, d.beta_schedule, d.loss_type) == (
-      32, 8, 1, 1000, 'cosine', 'l2')
-  assert t.dataset_path is None and t.train_lr == 3e-4 and t.train_num_steps == 1500
+      32, 8, 1, 250, 'cosine', 'l2')
+  assert t.dataset_path is None and t.train_lr == 5e-4 and t.train_num_steps == 1000
   assert (t.train_batch_size, t.gradient_accumulate_every, t.num_sample_rows) == (8, 1, 3)
-  assert (t.checkpoint_every_steps, t.max_to_keep, t.save_and_sample_every) == (250, 3, 500)
+  assert (t.checkpoint_every_steps, t.max_to_keep, t.save_and_sample_every) == (100, 3, 1000)
   assert t.results_folder == './results/demo'
-  assert t.tensorboard_dir == './results/demo/tensorboard'
 
 
 def test_defaults_follow_the_reference_trainer():

@@ -43,3 +43,22 @@ def test_checkpoint_snippet_runs(tmp_path, monkeypatch):
   namespace = {}
   exec(code, namespace)
   assert namespace['converted'].step == 1234
+
+
+def test_readme_starts_with_the_demo_and_test_commands_and_ci_runs_the_latter():
+  first_block = re.search(r'```bash\n(.*?)```', README.read_text(), re.S).group(1)
+  commands = [line.split('#')[0].strip() for line in first_block.splitlines()]
+  assert commands[:2] == ['make demo', 'make test']
+  ci = (README.parent / '.ci' / 'run').read_text()
+  assert 'make test' in ci.split('\n', 2)[-1]
+
+
+def test_readme_documents_every_flag_and_config_key():
+  from video_diffusion.cli import sample_parser, train_parser
+  from video_diffusion.config import markdown_table
+  text = README.read_text()
+  assert markdown_table() in text
+  for parser in (train_parser(), sample_parser()):
+    for action in parser._actions:
+      if action.option_strings and action.dest != 'help':
+        assert f'`{action.option_strings[0]}' in text, action.option_strings[0]

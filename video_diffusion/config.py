@@ -93,8 +93,9 @@ class TrainerConfig:
   """The training loop: data, optimiser, EMA, logging and checkpoints."""
   folder: str | None = _key(None, "The reference Trainer's folder argument; kept for the seed "
                             'configs, data comes from dataset_path.')
-  dataset_path: str | None = _key(None, 'Videos as a .npy array (Moving MNIST layout); '
-                                  'null = built-in synthetic moving digits.')
+  dataset_path: str | None = _key(None, 'Training videos: a Moving MNIST .npy (frames, '
+                                  'sequences, h, w) or a folder of .gif/.mp4/.webm/.avi files '
+                                  '(searched recursively); null = built-in synthetic moving digits.')
   train_batch_size: int = _key(32, 'Videos per optimiser micro-batch.', _positive)
   train_lr: float = _key(1e-4, 'Adam learning rate.', _positive)
   train_num_steps: int = _key(100000, 'Optimiser steps to train for.', _positive)
@@ -130,14 +131,17 @@ class TrainerConfig:
   checkpoint_every_steps: int = _key(1000, 'Steps between checkpoints.', _positive)
   checkpoint_dir_path: str = _key('', 'Checkpoint folder; "" = <results_folder>/checkpoints.')
   max_to_keep: int | None = _key(3, 'Checkpoints kept on disk; null = all.', _positive)
-  resume_training_step: int = _key(0, 'Checkpoint step to resume from; 0 = start afresh.',
-                                   _nonneg)
-  add_loss_plot: bool = _key(False, 'Write a loss-curve PNG with the samples.')
+  resume_training_step: int = _key(0, 'Checkpoint step to resume from; 0 = start afresh; '
+                                   '-1 = the newest (afresh if none).',
+                                   _rule(lambda v: v >= -1, '>= -1'))
+  add_loss_plot: bool = _key(False, 'Also copy the loss curve next to each sample grid '
+                             '(samples/loss-<step>.png); loss_curve.png is always written.')
   tensorboard_dir: str | None = _key(None, 'TensorBoard log folder; null = no TensorBoard logs.')
-  profile_flush_step: int | None = _key(None, 'Write a JAX profiler trace of the steps up to '
-                                        'this one; null = no profiling.', _positive)
+  profile_flush_step: int | None = _key(None, 'Write a JAX profiler trace (results_folder/'
+                                        'profile) from step 2 up to this step; null = none.',
+                                        _positive)
   num_model_shards: int = _key(1, 'Devices the model is split over; 1 = replicated.', _positive)
-  data_workers: int = _key(2, 'Background threads preparing batches; 0 = in the main loop.',
+  data_workers: int = _key(2, 'Grain worker processes preparing batches; 0 = in the main process.',
                            _nonneg)
   seed: int = _key(0, 'Seed of data order, noise and timesteps.', _nonneg)
 

@@ -23,6 +23,35 @@ def _over_frames(fn, x: jax.Array) -> jax.Array:
   return y.reshape((b, f) + y.shape[1:])
 
 
+def _fan_in(layer: nnx.Module) -> int:
+  """PyTorch's fan_in of a Linear/Conv kernel; for the transposed Upsample conv
+  torch counts out_channels * 16."""
+  shape = layer.kernel.shape
+  return int(np.prod(shape[:-2])) * shape[-1 if isinstance(layer, Upsample) else -2]
+
+
+def torch_default_init(module: nnx.Module, seed: int) -> None:
+  """Sets every parameter of `module` as PyTorch initialises the reference, drawn
+  on the host with numpy (no XLA compilation; works on an nnx.eval_shape module):
+  Linear, Conv and Upsample kernels and biases uniform in +-1/sqrt(fan_in)
+  (kaiming_uniform with a=sqrt(5)); norm gains ('gamma') ones; every other
+  parameter (position-bias and null-condition embeddings) standard normal."""
+  done = set()
+  for index, (_, layer) in enumerate(nnx.iter_modules(module)):
+    if isinstance(layer, (nnx.Linear, nnx.Conv, Upsample)):
+      bound = 1.0 / math.sqrt(_fan_in(layer))
+      rng = np.random.default_rng([seed, index])
+      for var in (layer.kernel, layer.bias):
+        if var is not None:
+          var.set_value(jnp.asarray(rng.uniform(-bound, bound, var.shape).astype(var.dtype)))
+          done.add(id(var))
+  rng = np.random.default_rng([seed, 1 << 20])
+  for path, var in nnx.iter_graph(module):
+    if isinstance(var, nnx.Param) and id(var) not in done:
+      value = np.ones(var.shape) if path[-1] == 'gamma' else rng.standard_normal(var.shape)
+      var.set_value(jnp.asarray(value.astype(var.dtype)))
+
+
 class SpatialConv(nnx.Module):
   """A (1, k, k) convolution of the reference, run as a 2-D conv over frames."""
 

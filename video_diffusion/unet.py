@@ -16,7 +16,7 @@ from video_diffusion.attention import (PreNormResidual, RelativePositionBias,
                                        SpatialAttention, SpatialLinearAttention,
                                        TemporalAttention)
 from video_diffusion.layers import (Downsample, ResnetBlock, SpatialConv, Upsample,
-                                    sinusoidal_embedding)
+                                    sinusoidal_embedding, torch_default_init)
 
 BERT_MODEL_DIM = 768
 
@@ -121,6 +121,9 @@ class Unet3D(nnx.Module):
     self.out_dim = channels if out_dim is None else out_dim
     self.final_block = ResnetBlock(init_dim * 2, dim, rngs=rngs)
     self.final_conv = nnx.Linear(dim, self.out_dim, rngs=rngs)
+    seed = rngs.params()
+    if not isinstance(seed, jax.core.Tracer):  # under nnx.eval_shape there is nothing to set
+      torch_default_init(self, int(jax.random.randint(seed, (), 0, 2**31 - 1)))
 
   def __call__(self, x: jax.Array, time: jax.Array, cond: jax.Array | None = None,
                null_cond_prob: float = 0.0, focus_present_mask: jax.Array | None = None,

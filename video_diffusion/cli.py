@@ -1,0 +1,191 @@
+"""Command line: `video-diffusion train|sample` (also `python train.py`, `python sample.py`).
+
+Errors in the user's input (config, data, checkpoints) end with one line
+`error: ...` naming the problem and the fix, exit status 2, and no traceback.
+JAX is imported only after the arguments are read, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_CONFIG = 'configs/config.yaml'
+MALLOC_CHOICES = ('auto', 'glibc', 'tcmalloc', 'jemalloc')
+_REEXEC_MARK = 'VIDEO_DIFFUSION_MALLOC_SET'
+_STANDALONE = False  # True when this process is the command itself (may re-exec)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('overrides', nargs='*', metavar='section.key=value',
+                      help='change any config key, e.g. trainer.train_num_steps=300 '
+                           'unet.dim_mults=[1,2]')
+  parser.add_argument('--malloc', choices=MALLOC_CHOICES, default='auto',
+                      help='CPU memory allocator to preload (auto: tcmalloc, then jemalloc, '
+                           'when installed; much faster XLA on CPU). Default: auto.')
+
+
+def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog, description='Train a video diffusion model as a YAML config says. '
+      'Checkpoints, samples, metrics.jsonl and the loss curve go to trainer.results_folder.')
+  parser.add_argument('--config', default=DEFAULT_CONFIG,
+                      help=f'YAML config with sections unet, diffusion, trainer '
+                           f'(default: {DEFAULT_CONFIG}, the CPU demo).')
+  parser.add_argument('--rng_seed', '--rng-seed', type=int, default=None, metavar='N',
+                      help='seed of data order, noise and timesteps (sets trainer.seed).')
+  parser.add_argument('--resume_step', '--resume-step', type=int, default=None, metavar='N',
+                      help='resume from the checkpoint of step N; -1 = the newest (or start '
+                           'afresh if there is none); 0 = start afresh, refused if the checkpoint '
+                           'folder has checkpoints (default: trainer.resume_training_step).')
+  _add_common(parser)
+  return parser
+
+
+def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog, description='Sample videos from a training checkpoint into GIFs: '
+      'sample_1.gif ... sample_N.gif and grid.gif in --output-path.')
+  parser.add_argument('--checkpoint-path', default=None, metavar='DIR',
+                      help='checkpoint folder of a run (default: the config\'s '
+                           'trainer.checkpoint_dir_path, or <results_folder>/checkpoints).')
+  parser.add_argument('--step', type=int, default=-1, metavar='N',
+                      help='training step of the checkpoint; -1 = the newest (default).')
+  parser.add_argument('--output-path', default=None, metavar='DIR',
+                      help='folder for the GIFs (default: <results_folder>/samples-step<N>).')
+  parser.add_argument('--config', default=DEFAULT_CONFIG,
+                      help=f'YAML config of the model (default: {DEFAULT_CONFIG}); its model '
+                           'sections must match the checkpoint\'s.')
+  parser.add_argument('--seed', type=int, default=0, metavar='N',
+                      help='seed of the sampling noise (default: 0).')
+  parser.add_argument('--load-ema-params', action='store_true',
+                      help='use the EMA weights instead of the raw weights.')
+  parser.add_argument('--batch-size', type=int, default=16, metavar='N',
+                      help='videos to generate (default: 16).')
+  parser.add_argument('--fps', type=int, default=8, help='GIF frames per second (default: 8).')
+  _add_common(parser)
+  return parser
+
+
+def _use_allocator(name: str) -> None:
+  """Re-executes this command with a faster malloc preloaded, once."""
+  if name == 'glibc' or os.environ.get(_REEXEC_MARK) or not _STANDALONE:
+    return
+  from video_diffusion.allocator import allocator_env
+  try:
+    env = allocator_env(name)
+  except ValueError as e:
+    sys.exit(f'error: --malloc {name}: {e}')
+  if 'LD_PRELOAD' not in env:
+    return
+  env[_REEXEC_MARK] = '1'
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def _use_compilation_cache() -> None:
+  """Keeps XLA compilations between runs (JAX_COMPILATION_CACHE_DIR overrides the place)."""
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                        os.path.join(cache_home, 'video-diffusion', 'xla'))
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run_train(args: argparse.Namespace) -> None:
+  from video_diffusion.config import ConfigError, load_config
+  overrides = list(args.overrides)
+  if args.rng_seed is not None:
+    overrides.append(f'trainer.seed={args.rng_seed}')
+  try:
+    cfg = load_config(args.config, overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  _use_allocator(args.malloc)
+  _use_compilation_cache()
+  from video_diffusion import trainer
+  from video_diffusion.data import DataError
+  try:
+    result = trainer.train(cfg, resume_step=args.resume_step)
+  except (ConfigError, DataError, trainer.TrainingError) as e:
+    _fail(str(e))
+  except KeyboardInterrupt:
+    print('\ninterrupted: the current step was checkpointed; continue with --resume_step -1',
+          file=sys.stderr)
+    sys.exit(130)
+  loss = 'n/a' if result.loss is None else f'{result.loss:.4g}'
+  print(f'trained to step {result.step} in {result.wall_s:.0f} s, last loss {loss}; '
+        f'checkpoints {result.checkpoint_steps} in {result.checkpoint_dir}; '
+        f'samples and logs in {result.results_folder}')
+
+
+def run_sample(args: argparse.Namespace) -> None:
+  from video_diffusion.config import ConfigError, load_config, resolved_checkpoint_dir
+  if args.batch_size < 1:
+    _fail(f'--batch-size must be >= 1, got {args.batch_size}')
+  try:
+    cfg = load_config(args.config, args.overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  checkpoint_dir = args.checkpoint_path or resolved_checkpoint_dir(cfg)
+  if not os.path.isdir(checkpoint_dir):
+    _fail(f'--checkpoint-path {checkpoint_dir} is not a folder; pass the checkpoint folder of a '
+          'training run (trainer.checkpoint_dir_path, or <results_folder>/checkpoints)')
+  _use_allocator(args.malloc)
+  _use_compilation_cache()
+  from video_diffusion import sampling
+  from video_diffusion.checkpoint import Checkpointer, CheckpointNotFoundError, model_mismatch
+  from video_diffusion.config import config_to_dict
+  try:
+    with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
+      step = ckpt.resolve_step(args.step)
+      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
+  except CheckpointNotFoundError as e:
+    _fail(str(e))
+  if mismatch:
+    _fail(f'--config {args.config} does not describe the model of step {step}: {mismatch}; '
+          'pass the config the run was trained with')
+  videos, step = sampling.sample_checkpoint(cfg, checkpoint_dir, step=step,
+                                            ema=args.load_ema_params, seed=args.seed,
+                                            batch_size=args.batch_size)
+  output = args.output_path or os.path.join(cfg.trainer.results_folder, f'samples-step{step}')
+  paths = sampling.write_samples(output, videos, fps=args.fps)
+  weights = 'EMA' if args.load_ema_params else 'raw'
+  print(f'wrote {len(paths) - 1} videos and grid.gif of step {step} ({weights} weights) '
+        f'to {os.path.abspath(output)}')
+
+
+COMMANDS = {'train': (train_parser, run_train), 'sample': (sample_parser, run_sample)}
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`video-diffusion {train,sample} ...`."""
+  global _STANDALONE
+  _STANDALONE = argv is None
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(prog='video-diffusion',
+                                   description='Video diffusion in JAX: train and sample.')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample}')
+  for name, (make, _) in COMMANDS.items():
+    make_sub = make()
+    sub.add_parser(name, parents=[make_sub], add_help=False, help=make_sub.description,
+                   description=make_sub.description)
+  args = parser.parse_args(argv)
+  COMMANDS[args.command][1](args)
+
+
+def entry(command: str, prog: str) -> None:
+  """Root scripts: `python train.py ...` is `video-diffusion train ...`."""
+  global _STANDALONE
+  _STANDALONE = True
+  make, run = COMMANDS[command]
+  run(make(prog).parse_args(sys.argv[1:]))
+
+
+if __name__ == '__main__':
+  main()

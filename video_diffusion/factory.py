@@ -1,0 +1,43 @@
+"""Builds the model of a run config: Unet3D wrapped in GaussianDiffusion."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from video_diffusion.config import Config
+from video_diffusion.diffusion import GaussianDiffusion
+from video_diffusion.layers import torch_default_init
+from video_diffusion.unet import Unet3D
+
+
+def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion:
+  """GaussianDiffusion(Unet3D) with the config's architecture and initial weights.
+
+  With abstract=True the Unet3D weights are ShapeDtypeStructs (nothing is
+  initialised; for restoring a checkpoint into); the schedule is always real.
+  """
+  u, d = cfg.unet, cfg.diffusion
+  make_unet = lambda: Unet3D(  # noqa: E731
+      dim=u.dim, cond_dim=u.cond_dim, out_dim=u.out_dim, dim_mults=u.dim_mults,
+      channels=u.channels, attn_heads=u.attn_heads, attn_dim_head=u.attn_dim_head,
+      use_bert_text_cond=u.use_bert_text_cond, init_dim=u.init_dim,
+      init_kernel_size=u.init_kernel_size, use_sparse_linear_attn=u.use_sparse_linear_attn,
+      rngs=nnx.Rngs(u.rngs_seed))
+  unet = nnx.eval_shape(make_unet)
+  if not abstract:  # numpy init: eager or jitted JAX init compiles for ~10 s on a CPU
+    torch_default_init(unet, u.rngs_seed)
+  return GaussianDiffusion(unet, image_size=d.image_size, num_frames=d.num_frames,
+                           channels=d.channels, timesteps=d.timesteps, loss_type=d.loss_type,
+                           beta_schedule=d.beta_schedule, use_dynamic_thres=d.use_dynamic_thres,
+                           dynamic_thres_percentile=d.dynamic_thres_percentile)
+
+
+def split_diffusion(cfg: Config, *, abstract: bool = False):
+  """(graphdef, params, constants) of the config's model; params as a pure dict.
+
+  With abstract=True the params are ShapeDtypeStructs (for restoring a
+  checkpoint into); the constants (noise schedule) are real either way.
+  """
+  model = build_diffusion(cfg, abstract=abstract)
+  graphdef, params, constants = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), constants

@@ -1,0 +1,164 @@
+"""The pure training step: loss, gradient accumulation, clipping, Adam, EMA.
+
+`make_train_step(...)` returns `train_step(state, videos) -> (state, metrics)`,
+a pure function for `jax.jit` (donate the state). Videos are uint8
+(batch, frames, height, width, channels), channels-last; the batch holds
+`accumulate` micro-batches whose gradients are averaged into one update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from video_diffusion.config import TrainerConfig
+
+
+@struct.dataclass
+class TrainState:
+  """Everything training needs to continue exactly: a pytree of arrays.
+
+  step: optimiser steps done (int32 scalar). params / ema_params: pure dicts
+  of the model's nnx.Param arrays. rng: raw key data; the key of step s is
+  fold_in(rng, s), so no key needs carrying between steps.
+  """
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(t: TrainerConfig) -> optax.Schedule:
+  """train_lr, with linear warm-up over warmup_steps (step s gets (s+1)/warmup of it)
+  and, from lr_decay_start_step, cosine decay over lr_decay_steps to
+  train_lr * lr_decay_coeff, constant after."""
+  lr = t.train_lr
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    rate = jnp.asarray(lr, jnp.float32)
+    if t.lr_decay_start_step is not None:
+      progress = jnp.clip((count - t.lr_decay_start_step) / t.lr_decay_steps, 0.0, 1.0)
+      cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+      rate = lr * (t.lr_decay_coeff + (1.0 - t.lr_decay_coeff) * cosine)
+    if t.warmup_steps:
+      rate = rate * jnp.minimum(1.0, (count + 1.0) / t.warmup_steps)
+    return rate
+
+  return schedule
+
+
+def make_optimizer(t: TrainerConfig) -> optax.GradientTransformation:
+  """Adam (torch defaults: b1 0.9, b2 0.999, eps 1e-8) on the schedule, after
+  clipping to max_grad_norm when set."""
+  adam = optax.adam(learning_rate_schedule(t))
+  if t.max_grad_norm is None:
+    return adam
+  return optax.chain(optax.clip_by_global_norm(t.max_grad_norm), adam)
+
+
+def init_train_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Step 0: EMA equal to the params, fresh optimiser state, key from `seed`."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.array, params), opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.key(seed)))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """The trainer settings the step depends on (hashable, static under jit)."""
+  accumulate: int = 1
+  ema_decay: float = 0.995
+  step_start_ema: int = 2000
+  update_ema_every: int = 10
+  prob_focus_present: float = 0.0
+
+  @classmethod
+  def from_config(cls, t: TrainerConfig) -> 'StepOptions':
+    return cls(accumulate=t.gradient_accumulate_every, ema_decay=t.ema_decay,
+               step_start_ema=t.step_start_ema, update_ema_every=t.update_ema_every,
+               prob_focus_present=t.prob_focus_present)
+
+
+def example_noise(keys: jax.Array, video_shape, timesteps: int, prob_focus_present: float):
+  """Per-video (t, noise, focus mask) from one key per video, so the draws of a
+  video do not depend on how the batch is split into micro-batches."""
+  def draw(key):
+    t_key, noise_key, focus_key = jax.random.split(key, 3)
+    return (jax.random.randint(t_key, (), 0, timesteps),
+            jax.random.normal(noise_key, video_shape),
+            jax.random.uniform(focus_key) < prob_focus_present)
+  return jax.vmap(draw)(keys)
+
+
+def update_ema(ema_params, params, step: jax.Array, o: StepOptions):
+  """The reference's EMA after optimiser step `step` (0-based): every
+  update_ema_every steps, copy the params before step_start_ema, else
+  ema * decay + params * (1 - decay)."""
+  updating = step % o.update_ema_every == 0
+  copying = step < o.step_start_ema
+
+  def one(ema, p):
+    averaged = ema * o.ema_decay + p * (1.0 - o.ema_decay)
+    return jnp.where(updating, jnp.where(copying, p, averaged), ema)
+
+  return jax.tree.map(one, ema_params, params)
+
+
+def make_train_step(graphdef: nnx.GraphDef, constants, tx: optax.GradientTransformation,
+                    options: StepOptions, schedule: optax.Schedule | None = None
+                    ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
+  """The pure train step of the model split as (graphdef, params, constants)."""
+
+  def micro_loss(params, videos, t, noise, focus):
+    model = nnx.merge(graphdef, params, constants)
+    x_start = videos.astype(jnp.float32) / 127.5 - 1.0
+    if options.prob_focus_present == 0:
+      focus = None  # skips the masked attention path
+    return model.p_losses(x_start, t, noise, focus_present_mask=focus)
+
+  grad_fn = jax.value_and_grad(micro_loss)
+
+  def train_step(state: TrainState, videos: jax.Array) -> tuple[TrainState, dict]:
+    batch = videos.shape[0]
+    if batch % options.accumulate:
+      raise ValueError(f'batch of {batch} videos does not split into '
+                       f'{options.accumulate} equal micro-batches')
+    model = nnx.merge(graphdef, state.params, constants)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    t, noise, focus = example_noise(jax.random.split(key, batch), videos.shape[1:],
+                                    model.num_timesteps, options.prob_focus_present)
+
+    # A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
+    # a while loop (lax.scan) about 5x slower.
+    size = batch // options.accumulate
+    grads, losses = None, []
+    for i in range(options.accumulate):
+      part = slice(i * size, (i + 1) * size)
+      loss, g = grad_fn(state.params, videos[part], t[part], noise[part], focus[part])
+      grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+      losses.append(loss)
+    grads = jax.tree.map(lambda g: g / options.accumulate, grads)
+    loss = jnp.mean(jnp.stack(losses))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = update_ema(state.ema_params, params, state.step, options)
+    stepped = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                         opt_state=opt_state, rng=state.rng)
+    # A non-finite loss leaves the state as it was; the loop stops on `finite`.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
+    metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite}
+    if schedule is not None:
+      metrics['lr'] = schedule(state.step)
+    return new_state, metrics
+
+  return train_step

@@ -1,0 +1,209 @@
+"""The training loop: data, compiled step, checkpoints, logs and samples.
+
+`train(cfg)` runs a whole training job as the config says; all the maths is
+in the pure `train_step`, this module only orchestrates and does the I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+import time
+
+import jax
+import numpy as np
+
+from video_diffusion import data as data_lib
+from video_diffusion import train_step as ts
+from video_diffusion.checkpoint import Checkpointer, model_mismatch
+from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
+from video_diffusion.factory import split_diffusion
+from video_diffusion.metrics import MetricsLogger
+from video_diffusion.progress import ProgressBar
+from video_diffusion.sampling import make_sampler, write_grid
+
+
+class TrainingError(RuntimeError):
+  """Training cannot start or go on; the message says why and what to do."""
+
+
+class TrainingDiverged(TrainingError):
+  """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a finished (or stopped) run leaves behind."""
+  step: int
+  loss: float | None
+  results_folder: str
+  checkpoint_dir: str
+  checkpoint_steps: list[int]
+  wall_s: float
+
+
+def _check_supported(cfg: Config) -> None:
+  """Refuses settings this version of the training loop cannot honour."""
+  u, t = cfg.unet, cfg.trainer
+  wanted = [name for name, on in [('unet.cond_dim', u.cond_dim is not None),
+                                  ('unet.use_bert_text_cond', u.use_bert_text_cond),
+                                  ('trainer.use_path_as_cond', t.use_path_as_cond),
+                                  ('trainer.sample_text', t.sample_text is not None)] if on]
+  if wanted:
+    raise TrainingError(f'{", ".join(wanted)}: conditional training is not supported by '
+                        'train.py yet; set them to null/false to train an unconditional model')
+  if t.num_model_shards > jax.device_count():
+    raise TrainingError(f'trainer.num_model_shards is {t.num_model_shards} but there are only '
+                        f'{jax.device_count()} devices; set it to 1 (or run on more devices)')
+  if t.num_model_shards > 1:
+    raise TrainingError(f'trainer.num_model_shards is {t.num_model_shards}: splitting the model '
+                        'over devices is not supported by train.py yet; set it to 1')
+
+
+class _Run:
+  """The state of one training job between steps."""
+
+  def __init__(self, cfg: Config, resume_step: int, process_index: int, process_count: int):
+    t = cfg.trainer
+    self.cfg = cfg
+    self.is_main = process_index == 0
+    self.results_folder = os.path.abspath(t.results_folder)
+    self.ckpt_dir = resolved_checkpoint_dir(cfg)
+    os.makedirs(self.results_folder, exist_ok=True)
+    self.ckpt = Checkpointer(self.ckpt_dir, max_to_keep=t.max_to_keep)
+    try:
+      self._start(resume_step, process_index, process_count)
+    except BaseException:
+      self.ckpt.close()
+      raise
+
+  def _start(self, resume_step: int, process_index: int, process_count: int) -> None:
+    cfg, t = self.cfg, self.cfg.trainer
+    _check_supported(cfg)
+    existing = self.ckpt.steps()
+    if resume_step == -1 and not existing:
+      print(f'no checkpoint in {self.ckpt_dir} yet: starting afresh', file=sys.stderr)
+      resume_step = 0
+    if resume_step == 0 and existing:
+      raise TrainingError(
+          f'{self.ckpt_dir} already holds checkpoints (steps {", ".join(map(str, existing))}); '
+          'continue with --resume_step -1 (newest) or --resume_step N, or set '
+          'trainer.checkpoint_dir_path / trainer.results_folder to start a new run')
+
+    self.graphdef, params, self.constants = split_diffusion(cfg, abstract=resume_step != 0)
+    self.schedule = ts.learning_rate_schedule(t)
+    tx = ts.make_optimizer(t)
+    loader = data_lib.make_loader(cfg, seed=t.seed, process_index=process_index,
+                                  process_count=process_count)
+    if resume_step == 0:
+      self.state = ts.init_train_state(params, tx, t.seed)
+      self.batches = iter(loader)
+    else:
+      target = jax.eval_shape(lambda p: ts.init_train_state(p, tx, t.seed), params)
+      try:
+        resume_step = self.ckpt.resolve_step(resume_step)
+      except FileNotFoundError as e:
+        raise TrainingError(f'cannot resume: {e}') from None
+      mismatch = model_mismatch(config_to_dict(cfg), self.ckpt.restore_config(resume_step))
+      if mismatch:
+        raise TrainingError(f'cannot resume from step {resume_step} in {self.ckpt_dir}: '
+                            f'{mismatch}; resume with the model settings it was trained with, '
+                            'or start a new run in another checkpoint folder')
+      self.state, data_state, _ = self.ckpt.restore(resume_step, target)
+      self.batches = data_lib.restore_iterator(loader, data_state)
+    # Committed to one device either way, so fresh and resumed runs share compilations.
+    self.state = jax.device_put(self.state, jax.devices()[0])
+    self.step = int(self.state.step)
+    self.data_state = data_lib.iterator_state(self.batches)  # after the batches of self.step
+    self.last_saved = self.step if resume_step != 0 else None
+    step_fn = ts.make_train_step(self.graphdef, self.constants, tx,
+                                 ts.StepOptions.from_config(t), self.schedule)
+    self.train_step = jax.jit(step_fn, donate_argnums=0)
+    self.sampler = None
+    if self.is_main:
+      dump_config(cfg, os.path.join(self.results_folder, 'config.yaml'))
+
+  def save(self) -> None:
+    """Starts an asynchronous save of the state (unless this step is saved)."""
+    step = int(self.state.step)
+    if self.last_saved != step:
+      self.ckpt.save(self.state, data_state=self.data_state, config=config_to_dict(self.cfg))
+      self.last_saved = step
+
+  def write_samples(self) -> str:
+    rows = self.cfg.trainer.num_sample_rows
+    if self.sampler is None:
+      self.sampler = make_sampler(self.graphdef, self.constants, rows * rows,
+                                  cond_scale=self.cfg.trainer.cond_scale)
+    key = jax.random.fold_in(jax.random.key(self.cfg.trainer.seed), self.step)
+    videos = np.asarray(self.sampler(self.state.ema_params, key))
+    path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return write_grid(path, videos, rows)
+
+
+def train(cfg: Config, *, resume_step: int | None = None, process_index: int = 0,
+          process_count: int = 1) -> TrainResult:
+  """Trains as `cfg` says. resume_step: None = trainer.resume_training_step;
+  0 = start afresh; N = resume from checkpoint N; -1 = from the newest, or
+  afresh when the checkpoint folder is empty."""
+  t = cfg.trainer
+  resume_step = t.resume_training_step if resume_step is None else resume_step
+  start = time.perf_counter()
+  run = _Run(cfg, resume_step, process_index, process_count)
+  logger = MetricsLogger(run.results_folder, tensorboard_dir=t.tensorboard_dir,
+                         enabled=run.is_main)
+  bar = ProgressBar(t.train_num_steps, initial=run.step) if run.is_main else None
+  loss, start_step, profiling = None, run.step, False
+  try:
+    while run.step < t.train_num_steps:
+      videos = next(run.batches)['video']
+      tick = time.perf_counter()
+      run.state, metrics = run.train_step(run.state, videos)
+      metrics = jax.device_get(metrics)
+      if not metrics['finite']:
+        kept = (f'the last checkpoint (step {run.last_saved}) is kept'
+                if run.last_saved is not None else 'no checkpoint had been written yet')
+        raise TrainingDiverged(
+            f'loss is {float(metrics["loss"])} (grad norm {float(metrics["grad_norm"])}) at '
+            f'step {run.step + 1}; training stopped and {kept} in {run.ckpt_dir}. Lower '
+            'trainer.train_lr, set trainer.max_grad_norm, or add trainer.warmup_steps, then '
+            'resume with --resume_step -1')
+      run.step += 1
+      run.data_state = data_lib.iterator_state(run.batches)
+      loss = float(metrics['loss'])
+      logger.log(run.step, {'loss': loss, 'lr': float(metrics['lr']),
+                            'grad_norm': float(metrics['grad_norm']),
+                            'step_time': time.perf_counter() - tick})
+      if bar is not None:
+        bar.update(run.step, loss=loss)
+      if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:
+        run.save()
+      if run.is_main and run.step % t.save_and_sample_every == 0:
+        grid = run.write_samples()
+        if t.add_loss_plot:
+          logger.plot()
+          shutil.copyfile(logger.plot_path,
+                          os.path.join(os.path.dirname(grid), f'loss-{run.step}.png'))
+      if profiling and run.step >= t.profile_flush_step:
+        jax.profiler.stop_trace()
+        profiling = False
+      if t.profile_flush_step and run.step == start_step + 1 and run.step < t.profile_flush_step:
+        jax.profiler.start_trace(os.path.join(run.results_folder, 'profile'))
+        profiling = True  # from the second step on: the first one compiles
+  except KeyboardInterrupt:
+    run.save()
+    raise
+  finally:
+    if profiling:
+      jax.profiler.stop_trace()
+    if bar is not None:
+      bar.close()
+    logger.close()
+    run.ckpt.close()
+    data_lib.close_iterator(run.batches)
+  return TrainResult(step=run.step, loss=loss, results_folder=run.results_folder,
+                     checkpoint_dir=run.ckpt_dir, checkpoint_steps=run.ckpt.steps(),
+                     wall_s=time.perf_counter() - start)
