@@ -29,7 +29,7 @@ def make_sampler(graphdef: nnx.GraphDef, constants, batch_size: int, *,
 
 def grid_rows(n: int) -> int:
   """Rows of the most nearly square grid of n videos."""
-  return max(1, math.isqrt(n - 1) + 1) if n > 1 else 1
+  return math.isqrt(n - 1) + 1 if n > 1 else 1
 
 
 def write_samples(folder: str, videos01: np.ndarray, *, fps: int = 8) -> list[str]:
