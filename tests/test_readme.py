@@ -4,7 +4,6 @@ import pathlib
 import re
 import shutil
 
-import pytest
 
 README = pathlib.Path(__file__).parent.parent / 'README.md'
 # Same code, small enough for CI: (pattern, replacement) applied to the snippets.

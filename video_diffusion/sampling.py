@@ -41,8 +41,8 @@ def write_samples(folder: str, videos01: np.ndarray, *, fps: int = 8) -> list[st
     path = os.path.join(folder, f'sample_{i}.gif')
     video_io.write_gif(path, video, fps=fps)
     paths.append(path)
-  grid_path = os.path.join(folder, 'grid.gif')
-  video_io.write_gif(grid_path, video_io.video_grid(frames, grid_rows(len(frames))), fps=fps)
+  grid_path = write_grid(os.path.join(folder, 'grid.gif'), videos01, grid_rows(len(frames)),
+                         fps=fps)
   return paths + [grid_path]
 
 
