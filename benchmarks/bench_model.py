@@ -75,7 +75,6 @@ def flops_of(compiled) -> float | None:
 def run_one(name: str, repeats: int) -> dict:
   """Benchmarks one config in this process; returns the figures as a dict."""
   import jax
-  import jax.numpy as jnp
   import optax
   from flax import nnx
   from video_diffusion import GaussianDiffusion, Unet3D

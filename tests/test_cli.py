@@ -158,3 +158,19 @@ def test_missing_config_file_and_help():
   text = subprocess.run([sys.executable, '-m', 'video_diffusion', '--help'], cwd=ROOT,
                         capture_output=True, text=True).stdout
   assert 'train' in text and 'sample' in text
+
+
+def test_sample_continues_a_clip_with_reconstruction_guidance(tiny_run, tmp_path):
+  """An unconditional model (no frame_conditioning) continues a clip by
+  replacement with reconstruction guidance, extended past its 4 frames."""
+  config, results, _ = tiny_run
+  clip = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
+  video_io.write_gif(tmp_path / 'clip.gif', clip)
+  out = tmp_path / 'out'
+  run('sample.py', '--checkpoint-path', results / 'checkpoints', '--config', config,
+      '--output-path', out, '--batch-size', 2, '--sampler', 'ddim', '--steps', 3,
+      '--prime', tmp_path / 'clip.gif', '--num-cond-frames', 2, '--recon-guidance', 2,
+      '--num-frames', 6)
+  video = video_io.read_video(out / 'sample_2.gif')
+  assert video.shape == (6, 16, 16, 1)
+  np.testing.assert_array_equal(video[:2], clip[1:])

@@ -118,6 +118,7 @@ def test_overrides_are_typed(tmp_path):
   cfg = load_config(write(tmp_path, small()), [
       'trainer.train_lr=3e-4', 'unet.dim_mults=[1,2,4]', 'trainer.max_grad_norm=null',
       'diffusion.loss_type=l1', 'trainer.add_loss_plot=true', 'trainer.sample_text=a cat',
+      'unet.use_bert_text_cond=true',
       'trainer.max_to_keep=5', 'trainer.ema_decay=1'])
   t = cfg.trainer
   assert t.train_lr == 3e-4 and isinstance(t.train_lr, float)
@@ -197,6 +198,11 @@ def test_wrong_types(tmp_path, section, key, value, fragment):
     ('diffusion', 'loss_type', 'l3', "diffusion.loss_type must be one of 'l1', 'l2', got 'l3'"),
     ('diffusion', 'beta_schedule', 'quad', 'diffusion.beta_schedule must be one of'),
     ('diffusion', 'timesteps', 0, 'diffusion.timesteps must be > 0'),
+    ('diffusion', 'objective', 'noise', "diffusion.objective must be one of 'eps', 'x0', 'v'"),
+    ('diffusion', 'loss_weighting', 'snr', "must be one of 'none', 'min_snr', got 'snr'"),
+    ('diffusion', 'min_snr_gamma', 0, 'diffusion.min_snr_gamma must be > 0'),
+    ('trainer', 'cond_drop_prob', 1.5, 'trainer.cond_drop_prob must be in [0, 1]'),
+    ('unet', 'num_classes', 0, 'unet.num_classes must be > 0'),
     ('diffusion', 'dynamic_thres_percentile', 0, 'diffusion.dynamic_thres_percentile must be in'),
     ('unet', 'init_kernel_size', 4, 'unet.init_kernel_size must be a positive odd int, got 4'),
     ('unet', 'dim_mults', [], 'unet.dim_mults must be a non-empty list of positive ints'),
@@ -226,6 +232,17 @@ def test_trainer_num_frames_null_takes_diffusion(tmp_path):
     (small(unet={'out_dim': 2}), ('unet.out_dim', 'diffusion.channels')),
     (small(diffusion={'image_size': 15}), ('diffusion.image_size', 'unet.dim_mults')),
     (small(trainer={'lr_decay_start_step': 5}), ('trainer.lr_decay_steps',)),
+    (small(unet={'num_classes': 10, 'use_bert_text_cond': True}),
+     ('unet.num_classes and unet.use_bert_text_cond', 'one kind of condition')),
+    (small(trainer={'sample_text': 'a 3'}), ('trainer.sample_text', 'use_bert_text_cond')),
+    (small(trainer={'use_path_as_cond': True}), ('trainer.use_path_as_cond',)),
+    (small(diffusion={'frame_conditioning': True, 'num_frames': 1}, trainer={'num_frames': 1}),
+     ('frame_conditioning', 'num_frames >= 2')),
+    (small(diffusion={'frame_conditioning': True}, trainer={'max_cond_frames': 4}),
+     ('trainer.max_cond_frames (4)', 'less than diffusion.num_frames (4)')),
+    (small(diffusion={'frame_conditioning': True},
+           trainer={'cond_frames_prob_none': 0.6, 'cond_frames_prob_interpolate': 0.6}),
+     ('cond_frames_prob_none', 'more than 1')),
 ])
 def test_cross_section_agreement(tmp_path, data, fragments):
   raises(tmp_path, data, *fragments)

@@ -10,16 +10,18 @@ from PIL import Image
 
 from video_diffusion import data
 from video_diffusion.config import config_from_dict
+from video_diffusion.synthetic import caption
 from video_diffusion.video_io import write_gif
 
 
-def make_cfg(path=None, *, frames=4, size=16, channels=1, batch=2, accumulate=2, seed=0):
+def make_cfg(path=None, *, frames=4, size=16, channels=1, batch=2, accumulate=2, seed=0,
+             unet=None, trainer=None):
   return config_from_dict({
-      'unet': {'channels': channels, 'dim_mults': [1, 2]},
+      'unet': {'channels': channels, 'dim_mults': [1, 2], **(unet or {})},
       'diffusion': {'num_frames': frames, 'image_size': size, 'channels': channels},
       'trainer': {'dataset_path': None if path is None else str(path), 'seed': seed,
                   'train_batch_size': batch, 'gradient_accumulate_every': accumulate,
-                  'data_workers': 0}})
+                  'data_workers': 0, **(trainer or {})}})
 
 
 def take(loader, n):
@@ -187,3 +189,190 @@ def test_worker_process_gives_the_same_batches():
     assert_same_batches(in_process, [next(it) for _ in range(2)])
   finally:
     data.close_iterator(it)
+
+
+# Conditions ('cond') of conditional configs.
+
+CLASS, VECTOR, TEXT = {'num_classes': 10}, {'cond_dim': 10}, {'use_bert_text_cond': True}
+
+
+def tiny_folder(root, names, frames=2):
+  """Tiny grey GIFs at root/name; video k is the constant 40 k % 256 (to tell them apart)."""
+  for k, name in enumerate(names):
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    write_gif(root / name, np.full((frames, 8, 8, 1), 40 * k % 256, np.uint8))
+  return root
+
+
+def test_condition_kind():
+  assert data.condition_kind(make_cfg()) is None
+  assert data.condition_kind(make_cfg(unet=CLASS)) == 'class'
+  assert data.condition_kind(make_cfg(unet={'num_classes': 3, 'cond_dim': 16})) == 'class'
+  assert data.condition_kind(make_cfg(unet=VECTOR)) == 'vector'
+  assert data.condition_kind(make_cfg(unet={**TEXT, 'cond_dim': 768})) == 'text'
+
+
+def test_unconditional_records_have_no_cond(tmp_path):
+  batch = take(data.make_loader(make_cfg(frames=2, size=8), seed=0), 1)[0]
+  assert set(batch) == {'video', 'label', 'velocity'}
+  assert repr(data.make_source(make_cfg())) == (
+      'SyntheticDigitsSource(seed=0, num_frames=4, image_size=16, channels=1, length=1048576)')
+  source = data.make_source(make_cfg(tiny_folder(tmp_path, ['a/x.gif'])))
+  assert set(source[0]) == {'video', 'label', 'velocity'} and source.condition(0) is None
+
+
+def test_synthetic_class_labels():
+  cfg = make_cfg(frames=2, size=8, unet=CLASS)
+  record = data.make_source(cfg)[3]
+  assert record['cond'].shape == () and record['cond'].dtype == np.int32
+  batch = take(data.make_loader(cfg, seed=0), 1)[0]
+  assert batch['cond'].shape == (4,) and batch['cond'].dtype == np.int32
+  assert batch['label'].shape == (4, 2) and (batch['label'][:, 1] == -1).all()  # one digit
+  np.testing.assert_array_equal(batch['cond'], batch['label'][:, 0])
+  assert ((batch['cond'] >= 0) & (batch['cond'] < 10)).all()
+  assert not batch['velocity'][:, 1].any() and batch['velocity'][:, 0].any()
+  with pytest.raises(data.DataError, match='synthetic digits have 10 classes.*num_classes is 5'):
+    data.make_source(make_cfg(unet={'num_classes': 5}))
+
+
+def test_synthetic_condition_vectors():
+  cfg = make_cfg(frames=2, size=8, unet=VECTOR)
+  batch = take(data.make_loader(cfg, seed=0), 1)[0]
+  assert batch['cond'].shape == (4, 10) and batch['cond'].dtype == np.float32
+  for cond, label in zip(batch['cond'], batch['label']):
+    np.testing.assert_array_equal(np.flatnonzero(cond), np.unique(label[label >= 0]))
+    assert set(cond.tolist()) <= {0.0, 1.0}
+  with pytest.raises(data.DataError, match='10-wide condition vectors.*cond_dim is 8'):
+    data.make_source(make_cfg(unet={'cond_dim': 8}))
+
+
+def test_synthetic_captions():
+  cfg = make_cfg(frames=2, size=8, unet=TEXT)
+  record = data.make_source(cfg)[0]
+  assert record['cond'].shape == () and record['cond'].dtype.kind == 'U'
+  batch = take(data.make_loader(cfg, seed=0), 1)[0]
+  assert batch['cond'].shape == (4,) and batch['cond'].dtype.kind == 'U'
+  for text, label, velocity in zip(batch['cond'], batch['label'], batch['velocity']):
+    assert str(text) == caption(label, velocity) and str(text).startswith('a ')
+
+
+def test_folder_class_labels(tmp_path):
+  tiny_folder(tmp_path, ['root.gif', 'cats/a.gif', 'cats/b.gif', 'dogs/big/c.gif', 'dogs/d.gif'])
+  good = (tmp_path / 'cats' / 'a.gif').read_bytes()
+  (tmp_path / 'cats' / 'cut.gif').write_bytes(good[:len(good) // 2])
+  cfg = make_cfg(tmp_path, frames=2, size=8, unet={'num_classes': 5})
+  source = data.make_source(cfg)
+  assert source.class_names == ['', 'cats', 'dogs', 'dogs/big']
+  rel = [p[len(str(tmp_path)) + 1:] for p in source.paths]
+  assert rel == ['cats/a.gif', 'cats/b.gif', 'cats/cut.gif', 'dogs/big/c.gif', 'dogs/d.gif',
+                 'root.gif']
+  assert [int(source.condition(i)) for i in range(6)] == [1, 1, 1, 3, 2, 0]
+  assert source[4]['cond'].dtype == np.int32 and source[4]['cond'].shape == ()
+  with pytest.warns(data.UnreadableVideoWarning, match='cut.gif'):
+    replaced = source[2]
+  assert int(replaced['cond']) == 3 and replaced['video'][0, 0, 0, 0] == 120  # dogs/big/c.gif
+
+  with pytest.warns(data.UnreadableVideoWarning):
+    batches = list(data.make_loader(cfg, seed=0, num_epochs=1, worker_count=0))
+  assert len(batches) == 1
+  batch = batches[0]
+  assert batch['cond'].shape == (4,) and batch['cond'].dtype == np.int32
+  names = {40 * k: c for k, c in enumerate([0, 1, 1, 3, 2])}  # video value -> class
+  for video, cond in zip(batch['video'], batch['cond']):
+    assert names[int(video[0, 0, 0, 0])] == cond
+
+  with pytest.raises(data.DataError, match=r"4 class folders \('', 'cats', .*unet.num_classes is "
+                     r'3; set unet.num_classes to at least 4'):
+    data.make_source(make_cfg(tmp_path, unet={'num_classes': 3}))
+
+
+def test_folder_condition_vectors(tmp_path):
+  tiny_folder(tmp_path, ['a.gif', 'b.gif', 'sub/c.mp4.gif', 'sub/d.gif'])
+  for k, name in enumerate(['a', 'b', 'sub/c.mp4', 'sub/d']):
+    np.save(tmp_path / f'{name}.npy', np.arange(3) + 10 * k)
+  cfg = make_cfg(tmp_path, frames=2, size=8, unet={'cond_dim': 3})
+  source = data.make_source(cfg)
+  np.testing.assert_array_equal(source[2]['cond'], [20, 21, 22])
+  assert source[2]['cond'].dtype == np.float32
+  batch = take(data.make_loader(cfg, seed=1), 1)[0]
+  assert batch['cond'].shape == (4, 3) and batch['cond'].dtype == np.float32
+  for video, cond in zip(batch['video'], batch['cond']):
+    assert cond[0] == 10 * (video[0, 0, 0, 0] // 40)
+
+  with pytest.raises(data.DataError, match=r'cond_dim\).*found int64 array of shape \(3,\)'):
+    data.make_source(make_cfg(tmp_path, unet={'cond_dim': 4}))  # the shape, named by file
+  np.save(tmp_path / 'b.npy', np.zeros((3, 1)))
+  with pytest.raises(data.DataError, match=r'b\.npy: the condition vector must be a float array '
+                     r'of shape \(3,\).*found float64 array of shape \(3, 1\)'):
+    data.make_source(cfg)
+  (tmp_path / 'b.npy').unlink()
+  with pytest.raises(data.DataError, match=r'b\.npy: condition file not found \(1 of 4 videos.*'
+                     r'unet.cond_dim'):
+    data.make_source(cfg)
+
+
+def test_folder_texts(tmp_path):
+  tiny_folder(tmp_path, ['walking_the-dog/a.gif', 'walking_the-dog/b.gif', 'rain/c.gif'])
+  texts = {'walking_the-dog/a': 'a dog walks\n', 'walking_the-dog/b': '  ünïcödé ✓ ',
+           'rain/c': 'rain falls'}
+  for name, text in texts.items():
+    (tmp_path / f'{name}.txt').write_text(text, encoding='utf-8')
+  cfg = make_cfg(tmp_path, frames=2, size=8, unet=TEXT)
+  source = data.make_source(cfg)
+  assert [str(source.condition(i)) for i in range(3)] == ['rain falls', 'a dog walks', 'ünïcödé ✓']
+  assert source[0]['cond'].shape == () and source[0]['cond'].dtype.kind == 'U'
+  batch = take(data.make_loader(make_cfg(tmp_path, frames=2, size=8, batch=3, accumulate=1,
+                                         unet=TEXT), seed=0), 1)[0]
+  assert batch['cond'].shape == (3,) and batch['cond'].dtype.kind == 'U'
+  assert sorted(batch['cond'].tolist()) == ['a dog walks', 'rain falls', 'ünïcödé ✓']
+
+  by_path = data.make_source(make_cfg(tmp_path, unet=TEXT, trainer={'use_path_as_cond': True}))
+  assert [str(by_path.condition(i)) for i in range(3)] == ['rain', 'walking the dog'] + [
+      'walking the dog']
+  (tmp_path / 'rain' / 'c.txt').unlink()
+  by_path = data.make_source(make_cfg(tmp_path, unet=TEXT, trainer={'use_path_as_cond': True}))
+  assert str(by_path[0]['cond']) == 'rain'  # no .txt needed
+  with pytest.raises(data.DataError, match=r'c\.txt: condition file not found.*use_path_as_cond'):
+    data.make_source(cfg)
+
+
+def test_text_batches_survive_a_worker_process(tmp_path):
+  tiny_folder(tmp_path, [f'{k}.gif' for k in range(4)])
+  for k in range(4):
+    (tmp_path / f'{k}.txt').write_text(f'vidéo {k} ' + '✓' * k + '\n', encoding='utf-8')
+  cfg = make_cfg(tmp_path, frames=2, size=8, unet=TEXT)
+  in_process = take(data.make_loader(cfg, seed=4, worker_count=0), 2)
+  it = iter(data.make_loader(cfg, seed=4, worker_count=1))
+  try:
+    from_worker = [next(it) for _ in range(2)]
+  finally:
+    data.close_iterator(it)
+  assert_same_batches(in_process, from_worker)
+  for batch in from_worker:
+    assert batch['cond'].shape == (4,) and batch['cond'].dtype.kind == 'U'
+    assert sorted(batch['cond'].tolist()) == [f'vidéo {k} {"✓" * k}'.strip() for k in range(4)]
+
+
+def test_moving_mnist_has_no_conditions(mnist):
+  for unet, key in [(CLASS, 'num_classes'), (VECTOR, 'cond_dim'), (TEXT, 'use_bert_text_cond')]:
+    with pytest.raises(data.DataError, match=rf'mnist.npy: a Moving MNIST .npy has no labels or '
+                       rf'texts.*unet.{key}.*folder dataset or the synthetic digits'):
+      data.make_source(make_cfg(mnist, unet=unet))
+
+
+def test_loader_rejects_a_source_of_another_kind(tmp_path):
+  source = data.make_source(make_cfg(frames=2, size=8))
+  with pytest.raises(data.DataError, match='gives no conditions but the config asks for class'):
+    data.make_loader(make_cfg(frames=2, size=8, unet=CLASS), seed=0, source=source)
+
+
+def test_conditional_sources_pickle_small(tmp_path):
+  tiny_folder(tmp_path, [f'c{k % 3}/{k}.gif' for k in range(30)])
+  source = data.make_source(make_cfg(tmp_path, unet={'num_classes': 3}))
+  copy = pickle.loads(pickle.dumps(source))
+  assert copy.class_names == ['c0', 'c1', 'c2']
+  assert [int(copy[k]['cond']) for k in (0, 10, 20)] == [0, 1, 2]  # c0/0.gif, c1/1.gif, c2/11.gif
+  assert len(pickle.dumps(source)) < 3000 + 100 * len(source)
+  synthetic = data.make_source(make_cfg(unet=TEXT))
+  assert len(pickle.dumps(synthetic)) < 1000
+  assert str(pickle.loads(pickle.dumps(synthetic))[7]['cond']) == str(synthetic[7]['cond'])

@@ -120,15 +120,35 @@ def test_optimizer_clips_to_max_grad_norm():
   np.testing.assert_allclose(opt_state[0].mu['w'], [0.3, 0.4], rtol=1e-6)
 
 
-def test_example_noise_is_per_video_and_honours_prob_focus_present():
+def test_example_noise_is_per_video_and_honours_its_probabilities():
   keys = jax.random.split(jax.random.key(0), 2000)
-  t, noise, focus = ts.example_noise(keys, (2, 3, 3, 1), 10, 0.3)
+  options = ts.StepOptions(prob_focus_present=0.3, cond_drop_prob=0.2)
+  draws = ts.example_noise(keys, (2, 3, 3, 1), 10, options)
+  t = draws['t']
   assert t.shape == (2000,) and int(t.min()) == 0 and int(t.max()) == 9
-  assert abs(float(focus.mean()) - 0.3) < 0.04
-  assert abs(float(noise.std()) - 1.0) < 0.02
-  t4, noise4, focus4 = ts.example_noise(keys[:4], (2, 3, 3, 1), 10, 0.3)
-  np.testing.assert_array_equal(t4, t[:4])
-  np.testing.assert_array_equal(noise4, noise[:4])
-  np.testing.assert_array_equal(focus4, focus[:4])
-  _, _, never = ts.example_noise(keys[:50], (1,), 10, 0.0)
-  assert not bool(never.any())
+  assert abs(float(draws['focus'].mean()) - 0.3) < 0.04
+  assert abs(float(draws['null'].mean()) - 0.2) < 0.04
+  assert abs(float(draws['noise'].std()) - 1.0) < 0.02
+  assert not bool(draws['frames'].any())  # no frame_conditioning
+  first4 = ts.example_noise(keys[:4], (2, 3, 3, 1), 10, options)
+  for name in draws:
+    np.testing.assert_array_equal(first4[name], draws[name][:4])
+  never = ts.example_noise(keys[:50], (1,), 10, ts.StepOptions())
+  assert not bool(never['focus'].any()) and not bool(never['null'].any())
+
+
+def test_frame_masks_mix_generation_prediction_and_interpolation():
+  options = ts.StepOptions(frame_conditioning=True, cond_frames_prob_none=0.2,
+                           cond_frames_prob_interpolate=0.3, max_cond_frames=4)
+  masks = np.asarray(ts.example_noise(jax.random.split(jax.random.key(1), 3000),
+                                      (8, 2, 2, 1), 10, options)['frames'])
+  known = masks.sum(1)
+  none = known == 0
+  prefix = np.array([m[:k].all() and not m[k:].any() for m, k in zip(masks, known)]) & ~none
+  both_ends = masks[:, 0] & masks[:, -1] & ~prefix
+  assert abs(none.mean() - 0.2) < 0.03
+  assert abs(both_ends.mean() - 0.3) < 0.03
+  assert abs(prefix.mean() - 0.5) < 0.03
+  assert (none | prefix | both_ends).all()
+  assert known.max() == 4 and not masks.all(1).any()   # something is always left to generate
+  assert sorted(set(known[prefix])) == [1, 2, 3, 4]

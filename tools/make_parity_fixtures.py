@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
-import tempfile
 import types
 
 import numpy as np

@@ -64,6 +64,44 @@ def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
   parser.add_argument('--batch-size', type=int, default=16, metavar='N',
                       help='videos to generate (default: 16).')
   parser.add_argument('--fps', type=int, default=8, help='GIF frames per second (default: 8).')
+  how = parser.add_argument_group('sampler')
+  how.add_argument('--sampler', choices=('ddpm', 'ddim', 'dpmpp'), default='ddpm',
+                   help='ddpm: ancestral over all timesteps (the reference); ddim: DDIM; '
+                        'dpmpp: DPM-Solver++(2M). Default: ddpm.')
+  how.add_argument('--steps', type=int, default=None, metavar='N',
+                   help='model calls per video (default: all timesteps for ddpm, 50 for ddim, '
+                        '20 for dpmpp).')
+  how.add_argument('--eta', type=float, default=0.0,
+                   help='DDIM noise: 0 deterministic (default), 1 ancestral-like.')
+  what = parser.add_argument_group('condition')
+  what.add_argument('--cond-scale', type=float, default=None, metavar='W',
+                    help='classifier-free guidance scale (default: trainer.cond_scale).')
+  what.add_argument('--class', dest='labels', type=int, nargs='+', default=None, metavar='N',
+                    help='class labels of a class-conditional model, cycled over the batch '
+                         '(default: 0, 1, 2, ...).')
+  what.add_argument('--text', dest='texts', action='append', default=None, metavar='TEXT',
+                    help='text of a text-conditional model; repeat for several, cycled over '
+                         'the batch (default: trainer.sample_text).')
+  what.add_argument('--cond', dest='cond_path', default=None, metavar='FILE.npy',
+                    help='condition vectors (n, cond_dim) of a vector-conditional model.')
+  frames = parser.add_argument_group('frames')
+  frames.add_argument('--prime', default=None, metavar='CLIP',
+                      help='continue this video file (gif/mp4/...): its last --num-cond-frames '
+                           'frames start every sample.')
+  frames.add_argument('--interpolate', nargs=2, default=None, metavar=('FIRST', 'LAST'),
+                      help='fill the frames between the end of FIRST and the start of LAST '
+                           '(--num-cond-frames from each, default 1).')
+  frames.add_argument('--num-cond-frames', type=int, default=None, metavar='K',
+                      help='frames given from --prime (default: half the model\'s frames) or '
+                           'from each --interpolate clip (default 1), and the context of each '
+                           'extension chunk (default: half the model\'s frames).')
+  frames.add_argument('--num-frames', type=int, default=None, metavar='N',
+                      help='frames per video; more than the model was trained on extends the '
+                           'video autoregressively (default: the model\'s).')
+  frames.add_argument('--recon-guidance', type=float, default=0.0, metavar='W',
+                      help='reconstruction guidance weight (Ho et al. 2022) for given frames '
+                           'with a model trained without diffusion.frame_conditioning; 0 = '
+                           'plain replacement (default).')
   _add_common(parser)
   return parser
 
@@ -150,14 +188,54 @@ def run_sample(args: argparse.Namespace) -> None:
   if mismatch:
     _fail(f'--config {args.config} does not describe the model of step {step}: {mismatch}; '
           'pass the config the run was trained with')
-  videos, step = sampling.sample_checkpoint(cfg, checkpoint_dir, step=step,
-                                            ema=args.load_ema_params, seed=args.seed,
-                                            batch_size=args.batch_size)
+  request = _sample_request(cfg, args)
+  try:
+    videos, step = sampling.sample_checkpoint(cfg, checkpoint_dir, step=step,
+                                              ema=args.load_ema_params, seed=args.seed,
+                                              batch_size=args.batch_size, **request)
+  except sampling.SamplingError as e:
+    _fail(str(e))
   output = args.output_path or os.path.join(cfg.trainer.results_folder, f'samples-step{step}')
   paths = sampling.write_samples(output, videos, fps=args.fps)
   weights = 'EMA' if args.load_ema_params else 'raw'
   print(f'wrote {len(paths) - 1} videos and grid.gif of step {step} ({weights} weights) '
         f'to {os.path.abspath(output)}')
+
+
+def _sample_request(cfg, args: argparse.Namespace) -> dict:
+  """sample_checkpoint's keyword arguments from sample.py's flags (exits on bad input)."""
+  from video_diffusion import conditioning, samplers, sampling
+  d = cfg.diffusion
+  shape = (d.num_frames, d.image_size, d.image_size, d.channels)
+  k = args.num_cond_frames
+  checks = [(args.prime and args.interpolate, '--prime and --interpolate cannot be combined'),
+            (k is not None and k < 1, f'--num-cond-frames must be >= 1, got {k}'),
+            (args.num_frames is not None and args.num_frames < 1,
+             f'--num-frames must be >= 1, got {args.num_frames}'),
+            (args.recon_guidance and d.frame_conditioning,
+             '--recon-guidance is for models trained without diffusion.frame_conditioning; '
+             'this one is given the known frames directly: drop --recon-guidance'),
+            (args.recon_guidance < 0, f'--recon-guidance must be >= 0, got {args.recon_guidance}')]
+  for failed, message in checks:
+    if failed:
+      _fail(message)
+  try:
+    sampler = samplers.get_sampler(args.sampler, d.timesteps, args.steps, args.eta)
+    raw = conditioning.requested_condition(cfg, args.batch_size, labels=args.labels,
+                                           texts=args.texts, cond_path=args.cond_path)
+    cond = conditioning.model_condition(cfg, raw, conditioning.make_text_encoder(cfg))
+    first = last = None
+    if args.prime:
+      clip = sampling.load_clip(args.prime, shape)
+      first = clip[-(k or min(len(clip), max(1, d.num_frames // 2))):]
+    if args.interpolate:
+      first = sampling.load_clip(args.interpolate[0], shape)[-(k or 1):]
+      last = sampling.load_clip(args.interpolate[1], shape)[:k or 1]
+  except ValueError as e:  # the user's request: sampler, condition, clips, text encoder
+    _fail(str(e))
+  return dict(sampler=sampler, cond=cond, cond_scale=args.cond_scale, first=first, last=last,
+              recon_guidance=args.recon_guidance, num_frames=args.num_frames,
+              num_cond_frames=k if not args.interpolate else None)
 
 
 COMMANDS = {'train': (train_parser, run_train), 'sample': (sample_parser, run_sample)}

@@ -16,10 +16,12 @@ import math
 import os
 import re
 import typing
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import yaml
+
+from video_diffusion.config_schema import (SECTIONS, Config, DiffusionConfig, TrainerConfig,
+                                             UnetConfig)
 
 __all__ = ['Config', 'ConfigError', 'DiffusionConfig', 'TrainerConfig', 'UnetConfig',
            'config_from_dict', 'config_keys', 'config_to_dict', 'dump_config', 'load_config',
@@ -28,135 +30,6 @@ __all__ = ['Config', 'ConfigError', 'DiffusionConfig', 'TrainerConfig', 'UnetCon
 
 class ConfigError(ValueError):
   """A config file or override that cannot be used; the message names the file and key."""
-
-
-# Checks: value -> None when fine, else the end of the message ("must be > 0, got 0").
-def _rule(ok: Callable[[Any], bool], text: str) -> Callable[[Any], str | None]:
-  return lambda v: None if ok(v) else (
-      f'must be {text}, got {list(v) if isinstance(v, tuple) else v!r}')
-
-
-_positive = _rule(lambda v: v > 0, '> 0')
-_nonneg = _rule(lambda v: v >= 0, '>= 0')
-_unit = _rule(lambda v: 0 <= v <= 1, 'in [0, 1]')
-_open_unit = _rule(lambda v: 0 < v <= 1, 'in (0, 1]')
-_odd = _rule(lambda v: v > 0 and v % 2 == 1, 'a positive odd int')
-_mults = _rule(lambda v: bool(v) and all(m > 0 for m in v), 'a non-empty list of positive ints')
-
-
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-  return _rule(lambda v: v in allowed, f"one of {', '.join(map(repr, allowed))}")
-
-
-def _key(default, help: str, check: Callable[[Any], str | None] | None = None):
-  """A config key: its default, a one-line meaning and an optional range check."""
-  return field(default=default, metadata={'help': help, 'check': check})
-
-
-@dataclass(frozen=True)
-class UnetConfig:
-  """Arguments of Unet3D (the denoiser)."""
-  dim: int = _key(64, 'Base channel width of the U-Net.', _positive)
-  dim_mults: tuple[int, ...] = _key((1, 2, 4, 8), 'Width multiplier of each resolution level; '
-                                    'the frame size is halved len-1 times.', _mults)
-  channels: int = _key(3, 'Channels of the video (1 grey, 3 RGB); equals diffusion.channels.',
-                       _positive)
-  out_dim: int | None = _key(None, 'Output channels; null = channels.', _positive)
-  cond_dim: int | None = _key(None, 'Width of the conditioning vector; null = unconditional.',
-                              _positive)
-  attn_heads: int = _key(8, 'Attention heads.', _positive)
-  attn_dim_head: int = _key(32, 'Width of each attention head.', _positive)
-  use_bert_text_cond: bool = _key(False, 'Condition on 768-wide BERT text embeddings.')
-  init_dim: int | None = _key(None, 'Width of the first convolution; null = dim.', _positive)
-  init_kernel_size: int = _key(7, 'Kernel size of the first convolution (odd).', _odd)
-  use_sparse_linear_attn: bool = _key(True, 'Add spatial linear attention at each level.')
-  rngs_seed: int = _key(0, 'Seed of the nnx.Rngs that initialise the weights.', _nonneg)
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-  """Arguments of GaussianDiffusion."""
-  image_size: int = _key(64, 'Height and width of the frames in pixels.', _positive)
-  num_frames: int = _key(16, 'Frames per video.', _positive)
-  channels: int = _key(3, 'Channels of the video; equals unet.channels.', _positive)
-  timesteps: int = _key(1000, 'Diffusion steps (training and sampling).', _positive)
-  loss_type: str = _key('l1', "Denoising loss: 'l1' or 'l2'.", _one_of('l1', 'l2'))
-  beta_schedule: str = _key('cosine', "Noise schedule: 'cosine' or 'linear'.",
-                            _one_of('cosine', 'linear'))
-  use_dynamic_thres: bool = _key(False, 'Dynamic thresholding of x0 while sampling.')
-  dynamic_thres_percentile: float = _key(0.9, 'Percentile of |x0| used by dynamic '
-                                         'thresholding, in (0, 1].', _open_unit)
-
-
-@dataclass(frozen=True)
-class TrainerConfig:
-  """The training loop: data, optimiser, EMA, logging and checkpoints."""
-  folder: str | None = _key(None, "The reference Trainer's folder argument; kept for the seed "
-                            'configs, data comes from dataset_path.')
-  dataset_path: str | None = _key(None, 'Training videos: a Moving MNIST .npy (frames, '
-                                  'sequences, h, w) or a folder of .gif/.mp4/.webm/.avi files '
-                                  '(searched recursively); null = built-in synthetic moving digits.')
-  train_batch_size: int = _key(32, 'Videos per optimiser micro-batch.', _positive)
-  train_lr: float = _key(1e-4, 'Adam learning rate.', _positive)
-  train_num_steps: int = _key(100000, 'Optimiser steps to train for.', _positive)
-  warmup_steps: int = _key(0, 'Linear learning-rate warm-up steps from 0; 0 = none.', _nonneg)
-  lr_decay_start_step: int | None = _key(None, 'Step at which learning-rate decay starts; '
-                                         'null = constant rate.', _nonneg)
-  lr_decay_steps: int | None = _key(None, 'Steps over which the rate decays to '
-                                    'train_lr * lr_decay_coeff.', _positive)
-  lr_decay_coeff: float = _key(0.1, 'Final learning rate as a fraction of train_lr.', _unit)
-  num_frames: int | None = _key(None, 'Frames per training video; null = diffusion.num_frames.',
-                                _positive)
-  image_size: int | None = _key(None, 'Frame size of the training videos; '
-                                'null = diffusion.image_size.', _positive)
-  channels: int | None = _key(None, 'Channels of the training videos; null = diffusion.channels.',
-                              _positive)
-  gradient_accumulate_every: int = _key(2, 'Micro-batches whose gradients make one step.',
-                                        _positive)
-  prob_focus_present: float = _key(0.0, 'Probability of training a video with temporal '
-                                   'attention masked (focus on the present frame).', _unit)
-  step_start_ema: int = _key(2000, 'Before this step the EMA weights copy the model.', _nonneg)
-  update_ema_every: int = _key(10, 'Steps between EMA updates.', _positive)
-  ema_decay: float = _key(0.995, 'EMA decay per update, in [0, 1].', _unit)
-  max_grad_norm: float | None = _key(None, 'Clip gradients to this global norm; '
-                                     'null = no clipping.', _positive)
-  save_and_sample_every: int = _key(1000, 'Steps between sample GIFs written to results_folder.',
-                                    _positive)
-  results_folder: str = _key('./results', 'Folder of samples, loss plots and (by default) '
-                             'checkpoints.')
-  num_sample_rows: int = _key(4, 'Samples are a num_sample_rows^2 grid.', _positive)
-  use_path_as_cond: bool = _key(False, 'Condition on the text of each video file path.')
-  sample_text: str | None = _key(None, 'Text condition of the samples; null = none.')
-  cond_scale: float = _key(1.0, 'Classifier-free guidance scale when sampling; 1 = none.')
-  checkpoint_every_steps: int = _key(1000, 'Steps between checkpoints.', _positive)
-  checkpoint_dir_path: str = _key('', 'Checkpoint folder; "" = <results_folder>/checkpoints.')
-  max_to_keep: int | None = _key(3, 'Checkpoints kept on disk; null = all.', _positive)
-  resume_training_step: int = _key(0, 'Checkpoint step to resume from; 0 = start afresh; '
-                                   '-1 = the newest (afresh if none).',
-                                   _rule(lambda v: v >= -1, '>= -1'))
-  add_loss_plot: bool = _key(False, 'Also copy the loss curve next to each sample grid '
-                             '(samples/loss-<step>.png); loss_curve.png is always written.')
-  tensorboard_dir: str | None = _key(None, 'TensorBoard log folder; null = no TensorBoard logs.')
-  profile_flush_step: int | None = _key(None, 'Write a JAX profiler trace (results_folder/'
-                                        'profile) from step 2 up to this step; null = none.',
-                                        _positive)
-  num_model_shards: int = _key(1, 'Devices the model is split over; 1 = replicated.', _positive)
-  data_workers: int = _key(2, 'Grain worker processes preparing batches; 0 = in the main process.',
-                           _nonneg)
-  seed: int = _key(0, 'Seed of data order, noise and timesteps.', _nonneg)
-
-
-@dataclass(frozen=True)
-class Config:
-  """A whole run: model, diffusion and trainer."""
-  unet: UnetConfig = field(default_factory=UnetConfig)
-  diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-  trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-SECTIONS: dict[str, type] = {'unet': UnetConfig, 'diffusion': DiffusionConfig,
-                             'trainer': TrainerConfig}
-
 
 
 class _Loader(yaml.SafeLoader):
@@ -284,6 +157,28 @@ def _check_together(cfg: Config, where: str) -> Config:
                       f'change trainer.{key} to {dv} (or null), or diffusion.{key} to {tv} '
                       'if the model should use it')
     filled[key] = dv
+  kinds = [k for k, on in [('unet.num_classes', u.num_classes is not None),
+                            ('unet.use_bert_text_cond', u.use_bert_text_cond)] if on]
+  if len(kinds) > 1:
+    raise ConfigError(f'{where}: {" and ".join(kinds)} are both set; a model takes one kind of '
+                      'condition: keep one of them')
+  for key, on in [('use_path_as_cond', t.use_path_as_cond), ('sample_text', t.sample_text),
+                  ('text_encoder_path', t.text_encoder_path)]:
+    if on and not u.use_bert_text_cond:
+      raise ConfigError(f'{where}: trainer.{key} is set but unet.use_bert_text_cond is false; '
+                        'set unet.use_bert_text_cond: true for a text-conditional model')
+  if d.frame_conditioning:
+    if d.num_frames < 2:
+      raise ConfigError(f'{where}: diffusion.frame_conditioning needs diffusion.num_frames >= 2, '
+                        f'got {d.num_frames}')
+    if t.max_cond_frames is not None and t.max_cond_frames >= d.num_frames:
+      raise ConfigError(f'{where}: trainer.max_cond_frames ({t.max_cond_frames}) must be less '
+                        f'than diffusion.num_frames ({d.num_frames}), so some frame is left to '
+                        'generate')
+    if t.cond_frames_prob_none + t.cond_frames_prob_interpolate > 1:
+      raise ConfigError(f'{where}: trainer.cond_frames_prob_none + '
+                        f'trainer.cond_frames_prob_interpolate = {t.cond_frames_prob_none} + '
+                        f'{t.cond_frames_prob_interpolate} is more than 1; lower them')
   if t.lr_decay_start_step is not None and t.lr_decay_steps is None:
     raise ConfigError(f'{where}: trainer.lr_decay_start_step is {t.lr_decay_start_step} but '
                       'trainer.lr_decay_steps is null; set trainer.lr_decay_steps too')

@@ -3,8 +3,11 @@
 Every source returns records {'video': uint8 (f, h, w, c), 'label': int32
 (MAX_DIGITS,), 'velocity': float32 (MAX_DIGITS, 2)}; only the synthetic
 digits have real labels (-1 and zeros elsewhere), so batches of every source
-share one structure. `Preprocess` casts a record to the configured frames,
-size and channels, and `make_loader` shuffles, shards by process and batches.
+share one structure. A conditional config (`condition_kind`) adds 'cond': an
+int32 () class, a float32 (cond_dim,) vector or a 0-d numpy unicode text,
+batched as (b,) int32, (b, cond_dim) float32 or (b,) unicode (see
+data_cond). `Preprocess` casts a record to the configured frames, size and
+channels, and `make_loader` shuffles, shards by process and batches.
 This module does not import JAX (it runs in grain worker processes); process
 index and count are arguments.
 """
@@ -20,12 +23,14 @@ import grain
 import numpy as np
 from PIL import Image
 
+from video_diffusion.data_cond import (KIND_KEYS, FolderConditions, add_synthetic_condition,
+                                       check_synthetic, condition_kind)
 from video_diffusion.synthetic import moving_digits
 from video_diffusion.video_io import VIDEO_EXTENSIONS, VideoReadError, read_video
 
 __all__ = ['DataError', 'MAX_DIGITS', 'MovingMnistSource', 'Preprocess', 'SyntheticDigitsSource',
-           'UnreadableVideoWarning', 'VideoFolderSource', 'close_iterator', 'iterator_state',
-           'make_loader', 'make_source', 'restore_iterator']
+           'UnreadableVideoWarning', 'VideoFolderSource', 'close_iterator', 'condition_kind',
+           'iterator_state', 'make_loader', 'make_source', 'restore_iterator']
 
 MAX_DIGITS = 2
 
@@ -80,6 +85,10 @@ class MovingMnistSource:
       return _record(np.array(self._array[:, index, :, :, None]))
     return _record(np.array(self._array[index]))
 
+  @property
+  def cond_kind(self) -> None:
+    return None  # no labels or texts
+
   def __getstate__(self):
     return {**self.__dict__, '_array': None}
 
@@ -92,10 +101,17 @@ class VideoFolderSource:
 
   A file that cannot be decoded is skipped with one UnreadableVideoWarning
   (per file and process) and the next readable file (index + 1, wrapping) is
-  returned in its place, so batches stay full.
+  returned in its place, with its condition, so batches stay full.
+
+  `cond` adds each video's condition as record key 'cond' (see
+  data_cond.FolderConditions): 'class', the index of its parent folder among
+  `class_names`; 'vector', {clip}.npy beside it; 'text', {clip}.txt beside
+  it or (path_as_cond) its parent folder's name.
   """
 
-  def __init__(self, folder: str | os.PathLike):
+  def __init__(self, folder: str | os.PathLike, *, cond: str | None = None,
+               num_classes: int | None = None, cond_dim: int | None = None,
+               path_as_cond: bool = False):
     self._folder = os.fspath(folder)
     found = []
     for root, dirs, files in os.walk(self._folder):
@@ -106,50 +122,85 @@ class VideoFolderSource:
                       f"{', '.join(VIDEO_EXTENSIONS)})")
     self._paths = sorted(found, key=lambda p: os.path.relpath(p, self._folder))
     self._unreadable: set[str] = set()
+    self._conditions = FolderConditions(self._folder, self._paths, cond, num_classes=num_classes,
+                                        cond_dim=cond_dim, path_as_cond=path_as_cond)
 
   @property
   def paths(self) -> list[str]:
     return list(self._paths)
+
+  @property
+  def class_names(self) -> list[str]:
+    """The sorted distinct parent folders (relative, '/'-separated); class k is class_names[k]."""
+    return list(self._conditions.class_names)
+
+  @property
+  def cond_kind(self) -> str | None:
+    return self._conditions.kind
+
+  def condition(self, index: int) -> np.ndarray | None:
+    """The 'cond' of paths[index] (None when unconditional), without decoding the video."""
+    return self._conditions(index, self._paths[index])
 
   def __len__(self) -> int:
     return len(self._paths)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     for step in range(len(self._paths)):
-      path = self._paths[(index + step) % len(self._paths)]
+      i = (index + step) % len(self._paths)
+      path = self._paths[i]
       if path in self._unreadable:
         continue
       try:
-        return _record(read_video(path))
+        record = _record(read_video(path))
       except VideoReadError as e:
         self._unreadable.add(path)
         warnings.warn(f'skipping unreadable video {path}: {e.reason}', UnreadableVideoWarning,
                       stacklevel=2)
+        continue
+      if self.cond_kind is not None:
+        record['cond'] = self.condition(i)
+      return record
     raise DataError(f'{self._folder}: none of the {len(self._paths)} video files can be read')
 
   def __getstate__(self):
     return {**self.__dict__, '_unreadable': set()}
 
   def __repr__(self) -> str:
-    return f'VideoFolderSource(folder={self._folder!r}, files={len(self._paths)})'
+    cond = '' if self.cond_kind is None else f', cond={self.cond_kind!r}'
+    return f'VideoFolderSource(folder={self._folder!r}, files={len(self._paths)}{cond})'
 
 
 class SyntheticDigitsSource:
-  """Moving digits made on the fly by synthetic.moving_digits(seed, index, ...)."""
+  """Moving digits made on the fly by synthetic.moving_digits(seed, index, ...).
+
+  `cond` adds 'cond' (see data_cond.add_synthetic_condition): 'class', the
+  class of the clip's one digit; 'vector', the multi-hot of the digits shown;
+  'text', their synthetic.caption.
+  """
 
   def __init__(self, seed: int, num_frames: int, image_size: int, channels: int,
-               length: int = 2 ** 20):
+               length: int = 2 ** 20, *, cond: str | None = None, num_classes: int | None = None,
+               cond_dim: int | None = None):
+    check_synthetic(cond, num_classes, cond_dim)
     self._args = dict(seed=seed, num_frames=num_frames, image_size=image_size,
                       channels=channels, length=length)
+    if cond is not None:  # unconditional: the repr (part of iterator states) stays as it was
+      self._args['cond'] = cond
+
+  @property
+  def cond_kind(self) -> str | None:
+    return self._args.get('cond')
 
   def __len__(self) -> int:
     return self._args['length']
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    a = self._args
-    return moving_digits(a['seed'], int(index), num_frames=a['num_frames'],
-                         image_size=a['image_size'], channels=a['channels'],
-                         max_digits=MAX_DIGITS)
+    a, cond = self._args, self.cond_kind
+    record = moving_digits(a['seed'], int(index), num_frames=a['num_frames'],
+                           image_size=a['image_size'], channels=a['channels'],
+                           max_digits=1 if cond == 'class' else MAX_DIGITS)
+    return add_synthetic_condition(cond, record, MAX_DIGITS)
 
   def __repr__(self) -> str:
     return 'SyntheticDigitsSource(' + ', '.join(f'{k}={v}' for k, v in self._args.items()) + ')'
@@ -200,21 +251,28 @@ class Preprocess(grain.transforms.RandomMap):
 
 
 def make_source(cfg) -> grain.sources.RandomAccessDataSource:
-  """The source named by cfg.trainer.dataset_path.
+  """The source named by cfg.trainer.dataset_path, with the conditions the model needs.
 
   null -> SyntheticDigitsSource (seed cfg.trainer.seed); a path ending in
-  .npy -> MovingMnistSource; a folder -> VideoFolderSource.
+  .npy -> MovingMnistSource (unconditional only); a folder -> VideoFolderSource.
   """
-  t = cfg.trainer
+  t, u, kind = cfg.trainer, cfg.unet, condition_kind(cfg)
   if t.dataset_path is None:
-    return SyntheticDigitsSource(t.seed, t.num_frames, t.image_size, t.channels)
+    return SyntheticDigitsSource(t.seed, t.num_frames, t.image_size, t.channels, cond=kind,
+                                 num_classes=u.num_classes, cond_dim=u.cond_dim)
   path = os.path.expanduser(t.dataset_path)
   accepted = ('trainer.dataset_path must be a .npy array in Moving MNIST layout, a folder of '
               f"videos ({', '.join(VIDEO_EXTENSIONS)}), or null for synthetic moving digits")
   if os.path.isdir(path):
-    return VideoFolderSource(path)
+    return VideoFolderSource(path, cond=kind, num_classes=u.num_classes, cond_dim=u.cond_dim,
+                             path_as_cond=t.use_path_as_cond)
   if not os.path.exists(path):
     raise DataError(f'{path}: dataset not found; {accepted}')
+  if path.lower().endswith('.npy') and kind is not None:
+    raise DataError(f'{path}: a Moving MNIST .npy has no labels or texts, so it cannot train a '
+                    f'{kind}-conditional model ({KIND_KEYS[kind]} is set); use a folder dataset '
+                    'or the synthetic digits (trainer.dataset_path: null), or an unconditional '
+                    'model')
   if path.lower().endswith('.npy'):
     return MovingMnistSource(path)
   raise DataError(f'{path}: not a .npy file or a folder; {accepted}')
@@ -229,7 +287,8 @@ def make_loader(cfg, *, seed: int, process_index: int = 0, process_count: int = 
   preprocessed records (remainders dropped); process `process_index` of
   `process_count` reads a disjoint shard. worker_count (grain worker
   processes, 0 = in this process) defaults to cfg.trainer.data_workers.
-  `source` defaults to make_source(cfg).
+  `source` defaults to make_source(cfg). Batches hold 'cond' when
+  condition_kind(cfg) is not None (see the module docstring).
   """
   t = cfg.trainer
   total = t.train_batch_size * t.gradient_accumulate_every
@@ -243,6 +302,11 @@ def make_loader(cfg, *, seed: int, process_index: int = 0, process_count: int = 
   if not 0 <= seed < 2 ** 32:
     raise DataError(f'the data seed must be in [0, 2**32), got {seed}')
   source = make_source(cfg) if source is None else source
+  kind = condition_kind(cfg)
+  if getattr(source, 'cond_kind', kind) != kind:
+    raise DataError(f'{source!r} gives {source.cond_kind or "no"} conditions but the config asks '
+                    f'for {kind or "none"} (unet.num_classes / cond_dim / use_bert_text_cond); '
+                    'make the source with make_source(cfg)')
   if len(source) < process_count:
     raise DataError(f'{source!r} has {len(source)} records, fewer than the {process_count} '
                     'processes that share it')

@@ -1,8 +1,12 @@
-"""Gaussian diffusion of video-diffusion-pytorch 0.7.0: schedule, losses, sampling.
+"""Gaussian diffusion of video-diffusion-pytorch 0.7.0: schedule, targets, losses.
 
 Videos are channels-last (batch, frames, height, width, channels). Data in
 [0, 1] is normalised to [-1, 1] for training, as in the reference; samples
-come back in [0, 1].
+come back in [0, 1]. Beyond the reference: the network may predict eps, x0
+or v; the loss may be min-SNR weighted; and with frame_conditioning one model
+learns generation, prediction and interpolation (known frames are given clean
+with a mask channel; the loss is on the other frames). The sampling loops are
+in video_diffusion.samplers.
 """
 
 from __future__ import annotations
@@ -72,21 +76,34 @@ def _extract(buffer: Buffer, t: jax.Array, ndim: int) -> jax.Array:
   return buffer[...][t].reshape((-1,) + (1,) * (ndim - 1))
 
 
+OBJECTIVES = ('eps', 'x0', 'v')
+LOSS_WEIGHTINGS = ('none', 'min_snr')
+
+
 class GaussianDiffusion(nnx.Module):
   """Wraps a denoiser (Unet3D) with the reference's diffusion process.
 
   `diffusion(videos, key)` is the training loss for videos in [0, 1] of shape
-  (batch, num_frames, image_size, image_size, channels).
+  (batch, num_frames, image_size, image_size, channels). With
+  frame_conditioning the denoiser takes channels + 1 input channels (the
+  video with known frames clean, then the mask).
   """
 
   def __init__(self, denoise_fn: nnx.Module, *, image_size: int, num_frames: int,
                channels: int = 3, timesteps: int = 1000, loss_type: str = 'l1',
                beta_schedule: str = 'cosine', use_dynamic_thres: bool = False,
-               dynamic_thres_percentile: float = 0.9, text_use_bert_cls: bool = False):
+               dynamic_thres_percentile: float = 0.9, text_use_bert_cls: bool = False,
+               objective: str = 'eps', loss_weighting: str = 'none',
+               min_snr_gamma: float = 5.0, frame_conditioning: bool = False):
     if loss_type not in ('l1', 'l2'):
       raise ValueError(f"loss_type={loss_type!r}: use 'l1' or 'l2'.")
     if beta_schedule not in BETA_SCHEDULES:
       raise ValueError(f'beta_schedule={beta_schedule!r}: use one of {sorted(BETA_SCHEDULES)}.')
+    if objective not in OBJECTIVES:
+      raise ValueError(f'objective={objective!r}: use one of {", ".join(OBJECTIVES)}.')
+    if loss_weighting not in LOSS_WEIGHTINGS:
+      raise ValueError(f'loss_weighting={loss_weighting!r}: use one of '
+                       f'{", ".join(LOSS_WEIGHTINGS)}.')
     self.denoise_fn = denoise_fn
     self.image_size = image_size
     self.num_frames = num_frames
@@ -96,6 +113,10 @@ class GaussianDiffusion(nnx.Module):
     self.use_dynamic_thres = use_dynamic_thres
     self.dynamic_thres_percentile = dynamic_thres_percentile
     self.text_use_bert_cls = text_use_bert_cls
+    self.objective = objective
+    self.loss_weighting = loss_weighting
+    self.min_snr_gamma = float(min_snr_gamma)
+    self.frame_conditioning = frame_conditioning
     for name, value in schedule_buffers(BETA_SCHEDULES[beta_schedule](timesteps)).items():
       setattr(self, name, Buffer(jnp.asarray(value)))
 
@@ -103,6 +124,10 @@ class GaussianDiffusion(nnx.Module):
   def video_shape(self) -> tuple[int, int, int, int]:
     """(frames, height, width, channels) of one video."""
     return (self.num_frames, self.image_size, self.image_size, self.channels)
+
+  def alpha_bar(self, t: jax.Array) -> jax.Array:
+    """Cumulative alpha at integer times t; 1 (no noise) at t = -1."""
+    return jnp.where(t >= 0, self.alphas_cumprod[...][jnp.maximum(t, 0)], 1.0)
 
   def q_mean_variance(self, x_start, t):
     n = x_start.ndim
@@ -121,6 +146,41 @@ class GaussianDiffusion(nnx.Module):
     return (_extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t
             - _extract(self.sqrt_recipm1_alphas_cumprod, t, n) * noise)
 
+  def predict_noise_from_start(self, x_t, t, x_start):
+    """The noise that takes x_start to x_t at time t."""
+    n = x_t.ndim
+    return ((_extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - x_start)
+            / _extract(self.sqrt_recipm1_alphas_cumprod, t, n))
+
+  def predict_start(self, x_t, t, model_output):
+    """x0 from the network's output under the configured objective."""
+    n = x_t.ndim
+    if self.objective == 'eps':
+      return self.predict_start_from_noise(x_t, t, model_output)
+    if self.objective == 'x0':
+      return model_output
+    return (_extract(self.sqrt_alphas_cumprod, t, n) * x_t
+            - _extract(self.sqrt_one_minus_alphas_cumprod, t, n) * model_output)
+
+  def training_target(self, x_start, t, noise):
+    """What the network should output for x_start noised with `noise` at time t."""
+    n = x_start.ndim
+    if self.objective == 'eps':
+      return noise
+    if self.objective == 'x0':
+      return x_start
+    return (_extract(self.sqrt_alphas_cumprod, t, n) * noise
+            - _extract(self.sqrt_one_minus_alphas_cumprod, t, n) * x_start)
+
+  def loss_weight(self, t):
+    """Per-example loss weights (batch,): ones, or min-SNR-gamma for the objective."""
+    if self.loss_weighting == 'none':
+      return jnp.ones(t.shape, jnp.float32)
+    alpha_bar = self.alphas_cumprod[...][t]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    clipped = jnp.minimum(snr, self.min_snr_gamma)
+    return {'eps': clipped / snr, 'x0': clipped, 'v': clipped / (snr + 1.0)}[self.objective]
+
   def q_posterior(self, x_start, x_t, t):
     """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
     n = x_t.ndim
@@ -138,52 +198,54 @@ class GaussianDiffusion(nnx.Module):
     s = s.reshape((-1,) + (1,) * (x_recon.ndim - 1))
     return jnp.clip(x_recon, -s, s) / s
 
+  def model_input(self, x_t, known=None, frame_mask=None):
+    """The denoiser's input: x_t, or with frame_conditioning the known frames
+    (frame_mask (batch, frames) True) clean in x_t plus a mask channel."""
+    if not self.frame_conditioning:
+      if frame_mask is not None:
+        raise ValueError('known frames need a model trained with diffusion.frame_conditioning '
+                         '(or sampling by replacement; see video_diffusion.samplers)')
+      return x_t
+    if frame_mask is None:
+      frame_mask = jnp.zeros(x_t.shape[:2], bool)
+      known = jnp.zeros_like(x_t)
+    m = frame_mask[:, :, None, None, None]
+    x = jnp.where(m, known, x_t)
+    return jnp.concatenate([x, jnp.broadcast_to(m, x.shape[:-1] + (1,)).astype(x.dtype)], -1)
+
+  def denoise(self, x_t, t, *, cond=None, cond_scale: float = 1.0, known=None,
+              frame_mask=None, clip_denoised: bool = True, **kwargs):
+    """The model's x0 estimate at x_t (clipped as configured); known frames as given."""
+    out = self.denoise_fn.forward_with_cond_scale(
+        self.model_input(x_t, known, frame_mask), t, cond=cond, cond_scale=cond_scale, **kwargs)
+    x_recon = self.predict_start(x_t, t, out)
+    if clip_denoised:
+      x_recon = self.clip_x0(x_recon)
+    if frame_mask is not None:
+      x_recon = jnp.where(frame_mask[:, :, None, None, None], known, x_recon)
+    return x_recon
+
   def p_mean_variance(self, x, t, *, clip_denoised: bool = True, cond=None,
                       cond_scale: float = 1.0):
     """Model mean, posterior variance and log-variance of p(x_{t-1} | x_t)."""
-    eps = self.denoise_fn.forward_with_cond_scale(x, t, cond=cond, cond_scale=cond_scale)
-    x_recon = self.predict_start_from_noise(x, t, eps)
-    if clip_denoised:
-      x_recon = self.clip_x0(x_recon)
+    x_recon = self.denoise(x, t, cond=cond, cond_scale=cond_scale, clip_denoised=clip_denoised)
     return self.q_posterior(x_recon, x, t)
 
-  def p_sample(self, x, t, key, *, cond=None, cond_scale: float = 1.0,
-               clip_denoised: bool = True):
-    """One ancestral step x_t -> x_{t-1}; no noise where t == 0."""
-    mean, _, log_variance = self.p_mean_variance(
-        x, t, clip_denoised=clip_denoised, cond=cond, cond_scale=cond_scale)
-    noise = jax.random.normal(key, x.shape, x.dtype)
-    nonzero = (t != 0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
-    return mean + nonzero * jnp.exp(0.5 * log_variance) * noise
-
-  def _denoise_from(self, img, start_t: int, key, cond=None, cond_scale: float = 1.0):
-    """Ancestral steps from time start_t - 1 down to 0 in one compiled loop."""
-    batch = img.shape[0]
-
-    def step(i, carry):
-      x, k = carry
-      k, step_key = jax.random.split(k)
-      t = jnp.full((batch,), start_t - 1 - i, jnp.int32)
-      return self.p_sample(x, t, step_key, cond=cond, cond_scale=cond_scale), k
-
-    img, _ = jax.lax.fori_loop(0, start_t, step, (img, key))
-    return img
-
-  def p_sample_loop(self, shape, key, *, cond=None, cond_scale: float = 1.0):
-    """Full ancestral sampling from pure noise; returns videos in [0, 1]."""
-    noise_key, loop_key = jax.random.split(key)
-    img = jax.random.normal(noise_key, shape)
-    return unnormalize_img(self._denoise_from(img, self.num_timesteps, loop_key,
-                                              cond, cond_scale))
-
-  def sample(self, key, *, cond=None, cond_scale: float = 1.0, batch_size: int = 16):
-    """Samples videos (batch, frames, size, size, channels) in [0, 1]."""
+  def sample(self, key, *, cond=None, cond_scale: float = 1.0, batch_size: int = 16,
+             sampler=None, **kwargs):
+    """Samples videos (batch, frames, size, size, channels) in [0, 1] with `sampler`
+    (default: the reference's ancestral DDPM over all timesteps); kwargs go to
+    samplers.sample (known frames, reconstruction guidance)."""
+    from video_diffusion import samplers
     batch_size = cond.shape[0] if cond is not None else batch_size
-    return self.p_sample_loop((batch_size,) + self.video_shape, key,
-                              cond=cond, cond_scale=cond_scale)
+    return samplers.sample(self, sampler or samplers.DDPM(), key,
+                           (batch_size,) + self.video_shape, cond=cond,
+                           cond_scale=cond_scale, **kwargs)
 
   def interpolate(self, x1, x2, key, *, t: int | None = None, lam: float = 0.5):
-    """Mixes two videos (in [-1, 1]) diffused to time t and denoises the mix."""
+    """The reference's interpolate: mixes two videos (in [-1, 1]) diffused to
+    time t and denoises the mix ancestrally; returns [-1, 1]."""
+    from video_diffusion import samplers
     if x1.shape != x2.shape:
       raise ValueError(f'interpolate needs equal shapes, got {x1.shape} and {x2.shape}.')
     t = self.num_timesteps - 1 if t is None else t
@@ -191,14 +253,29 @@ class GaussianDiffusion(nnx.Module):
     t_batched = jnp.full((x1.shape[0],), t, jnp.int32)
     xt1 = self.q_sample(x1, t_batched, jax.random.normal(k1, x1.shape))
     xt2 = self.q_sample(x2, t_batched, jax.random.normal(k2, x2.shape))
-    return self._denoise_from((1 - lam) * xt1 + lam * xt2, t, loop_key)
+    mixed = (1 - lam) * xt1 + lam * xt2
+    return samplers.sample_loop(self, samplers.DDPM(start=t), mixed, loop_key,
+                                samplers.make_denoiser(self))
 
-  def p_losses(self, x_start, t, noise, *, cond=None, key=None, **kwargs):
-    """Loss of the denoiser at times t for x_start in [-1, 1] and the given noise."""
+  def p_losses(self, x_start, t, noise, *, cond=None, key=None, frame_mask=None, **kwargs):
+    """Loss of the denoiser at times t for x_start in [-1, 1] and the given noise.
+
+    frame_mask (batch, frames), with frame_conditioning: True frames are given
+    clean and left out of the loss. The loss is the mean over the other
+    elements of each video, weighted per video (loss_weighting), averaged.
+    """
     x_noisy = self.q_sample(x_start, t, noise)
-    x_recon = self.denoise_fn(x_noisy, t, cond, key=key, **kwargs)
-    diff = noise - x_recon
-    return jnp.mean(jnp.abs(diff) if self.loss_type == 'l1' else jnp.square(diff))
+    model_in = self.model_input(x_noisy, x_start, frame_mask)
+    out = self.denoise_fn(model_in, t, cond, key=key, **kwargs)
+    diff = self.training_target(x_start, t, noise) - out
+    err = jnp.abs(diff) if self.loss_type == 'l1' else jnp.square(diff)
+    err = err.reshape(err.shape[:2] + (-1,)).mean(-1)  # (batch, frames)
+    if frame_mask is None:
+      per_video = err.mean(-1)
+    else:
+      free = (~frame_mask).astype(err.dtype)
+      per_video = (err * free).sum(-1) / jnp.maximum(free.sum(-1), 1.0)
+    return jnp.mean(per_video * self.loss_weight(t))
 
   def __call__(self, x, key, *, cond=None, **kwargs):
     """Training loss for videos x in [0, 1] at random times with random noise."""

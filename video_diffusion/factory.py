@@ -17,19 +17,24 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
   initialised; for restoring a checkpoint into); the schedule is always real.
   """
   u, d = cfg.unet, cfg.diffusion
+  # With frame_conditioning the network also reads a mask channel.
+  in_channels = u.channels + int(d.frame_conditioning)
   make_unet = lambda: Unet3D(  # noqa: E731
-      dim=u.dim, cond_dim=u.cond_dim, out_dim=u.out_dim, dim_mults=u.dim_mults,
-      channels=u.channels, attn_heads=u.attn_heads, attn_dim_head=u.attn_dim_head,
+      dim=u.dim, cond_dim=u.cond_dim, out_dim=u.out_dim or u.channels, dim_mults=u.dim_mults,
+      channels=in_channels, attn_heads=u.attn_heads, attn_dim_head=u.attn_dim_head,
       use_bert_text_cond=u.use_bert_text_cond, init_dim=u.init_dim,
       init_kernel_size=u.init_kernel_size, use_sparse_linear_attn=u.use_sparse_linear_attn,
-      rngs=nnx.Rngs(u.rngs_seed))
+      num_classes=u.num_classes, rngs=nnx.Rngs(u.rngs_seed))
   unet = nnx.eval_shape(make_unet)
   if not abstract:  # numpy init: eager or jitted JAX init compiles for ~10 s on a CPU
     torch_default_init(unet, u.rngs_seed)
   return GaussianDiffusion(unet, image_size=d.image_size, num_frames=d.num_frames,
                            channels=d.channels, timesteps=d.timesteps, loss_type=d.loss_type,
                            beta_schedule=d.beta_schedule, use_dynamic_thres=d.use_dynamic_thres,
-                           dynamic_thres_percentile=d.dynamic_thres_percentile)
+                           dynamic_thres_percentile=d.dynamic_thres_percentile,
+                           text_use_bert_cls=d.text_use_bert_cls, objective=d.objective,
+                           loss_weighting=d.loss_weighting, min_snr_gamma=d.min_snr_gamma,
+                           frame_conditioning=d.frame_conditioning)
 
 
 def split_diffusion(cfg: Config, *, abstract: bool = False):

@@ -1,6 +1,7 @@
-"""Sampling from trained weights: one compiled sampler, GIF output.
+"""Sampling from trained weights: compiled samplers, prediction, interpolation,
+longer videos by autoregressive extension, GIF output.
 
-Videos are channels-last (batch, frames, height, width, channels).
+Videos are channels-last (batch, frames, height, width, channels) in [0, 1].
 """
 
 from __future__ import annotations
@@ -14,17 +15,95 @@ import numpy as np
 from flax import nnx
 
 from video_diffusion import video_io
+from video_diffusion.samplers import Sampler
+
+
+class SamplingError(ValueError):
+  """A sampling request that cannot be met; the message says what to change."""
 
 
 def make_sampler(graphdef: nnx.GraphDef, constants, batch_size: int, *,
-                 cond_scale: float = 1.0) -> Callable[[dict, jax.Array], jax.Array]:
-  """A jitted `sample(params, key)` -> (batch_size, f, h, w, c) videos in [0, 1]."""
+                 sampler: Sampler | None = None, cond_scale: float = 1.0,
+                 recon_guidance: float = 0.0) -> Callable[..., jax.Array]:
+  """A jitted `sample(params, key, cond=None, known=None, frame_mask=None)` ->
+  (batch_size, f, h, w, c) videos in [0, 1]; known (in [0, 1]) and frame_mask
+  (batch, frames) give frames to keep (see samplers.sample)."""
 
-  def sample(params, key):
+  def sample(params, key, cond=None, known=None, frame_mask=None):
     model = nnx.merge(graphdef, params, constants)
-    return model.sample(key, batch_size=batch_size, cond_scale=cond_scale)
+    return model.sample(key, batch_size=batch_size, cond=cond, cond_scale=cond_scale,
+                        sampler=sampler, known=known, frame_mask=frame_mask,
+                        recon_guidance=recon_guidance)
 
   return jax.jit(sample)
+
+
+def _place(frames: np.ndarray, positions: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+  """(known, frame_mask) of `shape` (b, f, h, w, c) with `frames` (b, k, ...) at `positions`."""
+  known = np.zeros(shape, np.float32)
+  mask = np.zeros(shape[:2], bool)
+  known[:, positions] = frames
+  mask[:, positions] = True
+  return known, mask
+
+
+def generate(sample_fn, params, key: jax.Array, video_shape, batch_size: int, *, cond=None,
+             first: np.ndarray | None = None, last: np.ndarray | None = None,
+             num_frames: int | None = None, num_cond_frames: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+  """Videos (batch, num_frames, h, w, c) in [0, 1] from a make_sampler function.
+
+  first: frames (k, h, w, c) in [0, 1] the videos start with (prediction);
+  with `last` too, frames they end with (interpolation). num_frames beyond the
+  model's frames: autoregressive extension, each chunk given the last
+  num_cond_frames (default half the model's frames) of the video so far.
+  """
+  frames = video_shape[0]
+  total = num_frames or frames
+  shape = (batch_size,) + tuple(video_shape)
+  if last is not None:
+    if total != frames:
+      raise SamplingError(f'interpolation fills one chunk of {frames} frames; drop --num-frames')
+    if len(first) + len(last) >= frames:
+      raise SamplingError(f'{len(first)} + {len(last)} given frames leave none of the '
+                          f'{frames} to generate; lower --num-cond-frames')
+    both = np.concatenate([first, last])
+    positions = np.r_[np.arange(len(first)), np.arange(frames - len(last), frames)]
+    known, mask = _place(np.broadcast_to(both, (batch_size,) + both.shape), positions, shape)
+    return np.asarray(sample_fn(params, key, cond, known, mask))
+  if first is not None:
+    if len(first) >= frames:
+      raise SamplingError(f'{len(first)} given frames leave none of the model\'s {frames} to '
+                          'generate; lower --num-cond-frames')
+    known, mask = _place(np.broadcast_to(first, (batch_size,) + first.shape),
+                         np.arange(len(first)), shape)
+  else:
+    known, mask = _place(np.zeros((batch_size, 0) + shape[2:]), np.arange(0), shape)
+  if total == frames and first is None:
+    return np.asarray(sample_fn(params, key, cond))
+  context = num_cond_frames or max(1, frames // 2)
+  if total > frames and not 1 <= context < frames:
+    raise SamplingError(f'--num-cond-frames {context} must be in [1, {frames - 1}] to extend '
+                        f'a model of {frames} frames')
+  chunks = 1 + max(0, math.ceil((total - frames) / (frames - context)))
+  video = np.asarray(sample_fn(params, key, cond, known, mask))
+  for i in range(1, chunks):
+    if progress is not None:
+      progress(i, chunks)
+    known, mask = _place(video[:, -context:], np.arange(context), shape)
+    chunk = np.asarray(sample_fn(params, jax.random.fold_in(key, i), cond, known, mask))
+    video = np.concatenate([video, chunk[:, context:]], axis=1)
+  return video[:, :total]
+
+
+def load_clip(path: str, video_shape) -> np.ndarray:
+  """Every frame of a video file as (frames, h, w, c) in [0, 1], resized and
+  converted to the model's frame size and channels."""
+  from video_diffusion.data import Preprocess
+  video = video_io.read_video(path)
+  _, size, _, channels = video_shape
+  record = Preprocess(len(video), size, channels).random_map({'video': video}, None)
+  return record['video'].astype(np.float32) / 255.0
 
 
 def grid_rows(n: int) -> int:
@@ -53,9 +132,8 @@ def write_grid(path: str, videos01: np.ndarray, rows: int, *, fps: int = 8) -> s
   return path
 
 
-def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool = False,
-                      seed: int = 0, batch_size: int = 16):
-  """(videos in [0, 1], step) sampled from a training checkpoint's params or EMA params."""
+def load_params(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool = False):
+  """(graphdef, params, constants, step) of a training checkpoint's params or EMA params."""
   from video_diffusion.checkpoint import Checkpointer
   from video_diffusion.factory import split_diffusion
 
@@ -63,5 +141,21 @@ def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema:
   with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
     step = ckpt.resolve_step(step)
     params = ckpt.restore_params(step, target, ema=ema)
-  sampler = make_sampler(graphdef, constants, batch_size, cond_scale=cfg.trainer.cond_scale)
-  return np.asarray(sampler(params, jax.random.key(seed))), step
+  return graphdef, params, constants, step
+
+
+def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool = False,
+                      seed: int = 0, batch_size: int = 16, sampler: Sampler | None = None,
+                      cond=None, cond_scale: float | None = None, recon_guidance: float = 0.0,
+                      **generate_kwargs):
+  """(videos in [0, 1], step) sampled from a training checkpoint; cond as the
+  model takes it (conditioning.model_condition), generate_kwargs as generate."""
+  graphdef, params, constants, step = load_params(cfg, checkpoint_dir, step=step, ema=ema)
+  scale = cfg.trainer.cond_scale if cond_scale is None else cond_scale
+  sample_fn = make_sampler(graphdef, constants, batch_size, sampler=sampler, cond_scale=scale,
+                           recon_guidance=recon_guidance)
+  shape = (cfg.diffusion.num_frames, cfg.diffusion.image_size, cfg.diffusion.image_size,
+           cfg.diffusion.channels)
+  videos = generate(sample_fn, params, jax.random.key(seed), shape, batch_size, cond=cond,
+                    **generate_kwargs)
+  return videos, step

@@ -1,9 +1,11 @@
 """The pure training step: loss, gradient accumulation, clipping, Adam, EMA.
 
-`make_train_step(...)` returns `train_step(state, videos) -> (state, metrics)`,
-a pure function for `jax.jit` (donate the state). Videos are uint8
-(batch, frames, height, width, channels), channels-last; the batch holds
-`accumulate` micro-batches whose gradients are averaged into one update.
+`make_train_step(...)` returns `train_step(state, videos, cond=None) ->
+(state, metrics)`, a pure function for `jax.jit` (donate the state). Videos
+are uint8 (batch, frames, height, width, channels), channels-last; cond is
+None, int class labels (batch,) or float vectors (batch, cond_dim) (text
+already embedded). The batch holds `accumulate` micro-batches whose gradients
+are averaged into one update.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from video_diffusion.config import TrainerConfig
+from video_diffusion.config import Config, TrainerConfig
 
 
 @struct.dataclass
@@ -78,22 +80,58 @@ class StepOptions:
   step_start_ema: int = 2000
   update_ema_every: int = 10
   prob_focus_present: float = 0.0
+  cond_drop_prob: float = 0.0
+  frame_conditioning: bool = False
+  cond_frames_prob_none: float = 0.2
+  cond_frames_prob_interpolate: float = 0.3
+  max_cond_frames: int = 1
 
   @classmethod
-  def from_config(cls, t: TrainerConfig) -> 'StepOptions':
+  def from_config(cls, cfg: Config) -> 'StepOptions':
+    t, d = cfg.trainer, cfg.diffusion
     return cls(accumulate=t.gradient_accumulate_every, ema_decay=t.ema_decay,
                step_start_ema=t.step_start_ema, update_ema_every=t.update_ema_every,
-               prob_focus_present=t.prob_focus_present)
+               prob_focus_present=t.prob_focus_present, cond_drop_prob=t.cond_drop_prob,
+               frame_conditioning=d.frame_conditioning,
+               cond_frames_prob_none=t.cond_frames_prob_none,
+               cond_frames_prob_interpolate=t.cond_frames_prob_interpolate,
+               max_cond_frames=t.max_cond_frames or max(1, d.num_frames // 2))
 
 
-def example_noise(keys: jax.Array, video_shape, timesteps: int, prob_focus_present: float):
-  """Per-video (t, noise, focus mask) from one key per video, so the draws of a
-  video do not depend on how the batch is split into micro-batches."""
+def frame_mask(key: jax.Array, num_frames: int, o: StepOptions) -> jax.Array:
+  """(num_frames,) bool, True at the frames given clean: none (probability
+  cond_frames_prob_none), the first and last k (interpolation), or the first k
+  (prediction); k uniform in [1, max_cond_frames] (halved for interpolation)."""
+  kind_key, count_key = jax.random.split(key)
+  u = jax.random.uniform(kind_key)
+  k = jax.random.randint(count_key, (), 1, o.max_cond_frames + 1)
+  index = jnp.arange(num_frames)
+  predict = index < k
+  if num_frames < 3:
+    interpolate = predict
+  else:
+    half = jnp.maximum(1, k // 2)
+    interpolate = (index < half) | (index >= num_frames - half)
+  none = jnp.zeros((num_frames,), bool)
+  return jnp.where(u < o.cond_frames_prob_none, none,
+                   jnp.where(u < o.cond_frames_prob_none + o.cond_frames_prob_interpolate,
+                             interpolate, predict))
+
+
+def example_noise(keys: jax.Array, video_shape, timesteps: int, o: StepOptions) -> dict:
+  """Per-video random draws from one key per video, so the draws of a video do
+  not depend on how the batch is split into micro-batches: time 't', 'noise',
+  temporal attention 'focus' mask, condition dropping 'null' and the known
+  frames 'frames' (all False without frame_conditioning)."""
   def draw(key):
-    t_key, noise_key, focus_key = jax.random.split(key, 3)
-    return (jax.random.randint(t_key, (), 0, timesteps),
-            jax.random.normal(noise_key, video_shape),
-            jax.random.uniform(focus_key) < prob_focus_present)
+    t_key, noise_key, focus_key, null_key, frames_key = jax.random.split(key, 5)
+    frames = (frame_mask(frames_key, video_shape[0], o) if o.frame_conditioning
+              else jnp.zeros((video_shape[0],), bool))
+    return {'t': jax.random.randint(t_key, (), 0, timesteps),
+            'noise': jax.random.normal(noise_key, video_shape),
+            'focus': jax.random.uniform(focus_key) < o.prob_focus_present,
+            'null': jax.random.uniform(null_key) < o.cond_drop_prob,
+            'frames': frames}
   return jax.vmap(draw)(keys)
 
 
@@ -116,24 +154,30 @@ def make_train_step(graphdef: nnx.GraphDef, constants, tx: optax.GradientTransfo
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
   """The pure train step of the model split as (graphdef, params, constants)."""
 
-  def micro_loss(params, videos, t, noise, focus):
+  def micro_loss(params, videos, cond, draws):
     model = nnx.merge(graphdef, params, constants)
     x_start = videos.astype(jnp.float32) / 127.5 - 1.0
-    if options.prob_focus_present == 0:
-      focus = None  # skips the masked attention path
-    return model.p_losses(x_start, t, noise, focus_present_mask=focus)
+    kwargs = {}
+    if options.prob_focus_present:  # else the masked attention path is skipped
+      kwargs['focus_present_mask'] = draws['focus']
+    if cond is not None:
+      kwargs['null_mask'] = draws['null']
+    if options.frame_conditioning:
+      kwargs['frame_mask'] = draws['frames']
+    return model.p_losses(x_start, draws['t'], draws['noise'], cond=cond, **kwargs)
 
   grad_fn = jax.value_and_grad(micro_loss)
 
-  def train_step(state: TrainState, videos: jax.Array) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, videos: jax.Array, cond: jax.Array | None = None
+                 ) -> tuple[TrainState, dict]:
     batch = videos.shape[0]
     if batch % options.accumulate:
       raise ValueError(f'batch of {batch} videos does not split into '
                        f'{options.accumulate} equal micro-batches')
     model = nnx.merge(graphdef, state.params, constants)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    t, noise, focus = example_noise(jax.random.split(key, batch), videos.shape[1:],
-                                    model.num_timesteps, options.prob_focus_present)
+    draws = example_noise(jax.random.split(key, batch), videos.shape[1:],
+                          model.num_timesteps, options)
 
     # A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
     # a while loop (lax.scan) about 5x slower.
@@ -141,7 +185,8 @@ def make_train_step(graphdef: nnx.GraphDef, constants, tx: optax.GradientTransfo
     grads, losses = None, []
     for i in range(options.accumulate):
       part = slice(i * size, (i + 1) * size)
-      loss, g = grad_fn(state.params, videos[part], t[part], noise[part], focus[part])
+      loss, g = grad_fn(state.params, videos[part], None if cond is None else cond[part],
+                        jax.tree.map(lambda a: a[part], draws))
       grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
       losses.append(loss)
     grads = jax.tree.map(lambda g: g / options.accumulate, grads)

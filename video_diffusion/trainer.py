@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+from video_diffusion import conditioning
 from video_diffusion import data as data_lib
 from video_diffusion import train_step as ts
 from video_diffusion.checkpoint import Checkpointer, model_mismatch
@@ -46,14 +47,7 @@ class TrainResult:
 
 def _check_supported(cfg: Config) -> None:
   """Refuses settings this version of the training loop cannot honour."""
-  u, t = cfg.unet, cfg.trainer
-  wanted = [name for name, on in [('unet.cond_dim', u.cond_dim is not None),
-                                  ('unet.use_bert_text_cond', u.use_bert_text_cond),
-                                  ('trainer.use_path_as_cond', t.use_path_as_cond),
-                                  ('trainer.sample_text', t.sample_text is not None)] if on]
-  if wanted:
-    raise TrainingError(f'{", ".join(wanted)}: conditional training is not supported by '
-                        'train.py yet; set them to null/false to train an unconditional model')
+  t = cfg.trainer
   if t.num_model_shards > jax.device_count():
     raise TrainingError(f'trainer.num_model_shards is {t.num_model_shards} but there are only '
                         f'{jax.device_count()} devices; set it to 1 (or run on more devices)')
@@ -82,6 +76,11 @@ class _Run:
   def _start(self, resume_step: int, process_index: int, process_count: int) -> None:
     cfg, t = self.cfg, self.cfg.trainer
     _check_supported(cfg)
+    try:
+      self.text_encoder = conditioning.make_text_encoder(cfg)
+    except ValueError as e:  # ConditionError, TextEncoderError
+      raise TrainingError(str(e)) from None
+    self.sample_cond = None
     existing = self.ckpt.steps()
     if resume_step == -1 and not existing:
       print(f'no checkpoint in {self.ckpt_dir} yet: starting afresh', file=sys.stderr)
@@ -119,7 +118,7 @@ class _Run:
     self.data_state = data_lib.iterator_state(self.batches)  # after the batches of self.step
     self.last_saved = self.step if resume_step != 0 else None
     step_fn = ts.make_train_step(self.graphdef, self.constants, tx,
-                                 ts.StepOptions.from_config(t), self.schedule)
+                                 ts.StepOptions.from_config(cfg), self.schedule)
     self.train_step = jax.jit(step_fn, donate_argnums=0)
     self.sampler = None
     if self.is_main:
@@ -132,13 +131,27 @@ class _Run:
       self.ckpt.save(self.state, data_state=self.data_state, config=config_to_dict(self.cfg))
       self.last_saved = step
 
+  def condition(self, batch: dict):
+    """The model's condition of a data batch (None for an unconditional model);
+    the first one also sets the condition of the periodic samples."""
+    if 'cond' not in batch:
+      return None
+    n = self.cfg.trainer.num_sample_rows ** 2
+    if self.sample_cond is None:
+      try:
+        raw = conditioning.requested_condition(self.cfg, n)
+      except conditioning.ConditionError:  # no default: take the first videos' conditions
+        raw = np.stack([batch['cond'][i % len(batch['cond'])] for i in range(n)])
+      self.sample_cond = conditioning.model_condition(self.cfg, raw, self.text_encoder)
+    return conditioning.model_condition(self.cfg, batch['cond'], self.text_encoder)
+
   def write_samples(self) -> str:
     rows = self.cfg.trainer.num_sample_rows
     if self.sampler is None:
       self.sampler = make_sampler(self.graphdef, self.constants, rows * rows,
                                   cond_scale=self.cfg.trainer.cond_scale)
     key = jax.random.fold_in(jax.random.key(self.cfg.trainer.seed), self.step)
-    videos = np.asarray(self.sampler(self.state.ema_params, key))
+    videos = np.asarray(self.sampler(self.state.ema_params, key, self.sample_cond))
     path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return write_grid(path, videos, rows)
@@ -159,9 +172,10 @@ def train(cfg: Config, *, resume_step: int | None = None, process_index: int = 0
   loss, start_step, profiling = None, run.step, False
   try:
     while run.step < t.train_num_steps:
-      videos = next(run.batches)['video']
+      batch = next(run.batches)
+      cond = run.condition(batch)
       tick = time.perf_counter()
-      run.state, metrics = run.train_step(run.state, videos)
+      run.state, metrics = run.train_step(run.state, batch['video'], cond)
       metrics = jax.device_get(metrics)
       if not metrics['finite']:
         kept = (f'the last checkpoint (step {run.last_saved}) is kept'

@@ -57,8 +57,9 @@ class Unet3D(nnx.Module):
 
   Call with x (batch, frames, height, width, channels) and integer times
   (batch,); returns the predicted noise with shape (..., out_dim).
-  `cond` is (batch, cond_dim) (768 with use_bert_text_cond, the caller supplies
-  the text embedding). Random masks (null_cond_prob, prob_focus_present
+  `cond` is (batch, cond_dim) (the text embedding with use_bert_text_cond,
+  768 wide unless cond_dim says otherwise), or int labels (batch,) with
+  num_classes, embedded to cond_dim (default 4 * dim). Random masks (null_cond_prob, prob_focus_present
   strictly between 0 and 1) are drawn from `key`.
 
   `init_dim` different from `dim` fails in the reference's forward pass; here
@@ -70,7 +71,8 @@ class Unet3D(nnx.Module):
                attn_heads: int = 8, attn_dim_head: int = 32,
                use_bert_text_cond: bool = False, init_dim: int | None = None,
                init_kernel_size: int = 7, use_sparse_linear_attn: bool = True,
-               block_type: str = 'resnet', *, rngs: nnx.Rngs):
+               block_type: str = 'resnet', num_classes: int | None = None, *,
+               rngs: nnx.Rngs):
     if block_type != 'resnet':
       raise ValueError(f"block_type={block_type!r}: only 'resnet' exists (as in the reference).")
     if init_kernel_size % 2 != 1:
@@ -91,9 +93,15 @@ class Unet3D(nnx.Module):
     self.time_mlp1 = nnx.Linear(dim, time_dim, rngs=rngs)
     self.time_mlp2 = nnx.Linear(time_dim, time_dim, rngs=rngs)
 
-    self.has_cond = cond_dim is not None or use_bert_text_cond
-    cond_dim = BERT_MODEL_DIM if use_bert_text_cond else cond_dim
+    self.has_cond = cond_dim is not None or use_bert_text_cond or num_classes is not None
+    if use_bert_text_cond and cond_dim is None:
+      cond_dim = BERT_MODEL_DIM
+    if num_classes is not None and cond_dim is None:
+      cond_dim = time_dim
     self.cond_dim = cond_dim
+    self.num_classes = num_classes
+    self.class_embed = (nnx.Embed(num_classes, cond_dim, rngs=rngs)
+                        if num_classes is not None else None)
     self.null_cond_emb = (nnx.Param(jax.random.normal(rngs.params(), (cond_dim,)))
                           if self.has_cond else None)
     emb_dim = time_dim + int(cond_dim or 0)
@@ -127,8 +135,11 @@ class Unet3D(nnx.Module):
 
   def __call__(self, x: jax.Array, time: jax.Array, cond: jax.Array | None = None,
                null_cond_prob: float = 0.0, focus_present_mask: jax.Array | None = None,
-               prob_focus_present: float = 0.0, *, key: jax.Array | None = None) -> jax.Array:
-    """Predicts noise for x (b, f, h, w, c) at integer times (b,)."""
+               prob_focus_present: float = 0.0, *, key: jax.Array | None = None,
+               null_mask: jax.Array | None = None) -> jax.Array:
+    """Predicts noise for x (b, f, h, w, c) at integer times (b,). `null_mask`
+    (b,) bool replaces the condition by the null one where True (default: drawn
+    with null_cond_prob)."""
     if self.has_cond and cond is None:
       raise ValueError('This Unet3D was built with cond_dim/use_bert_text_cond: pass cond.')
     batch = x.shape[0]
@@ -144,7 +155,10 @@ class Unet3D(nnx.Module):
     t = sinusoidal_embedding(time, self.dim)
     t = self.time_mlp2(jax.nn.gelu(self.time_mlp1(t), approximate=False))
     if self.has_cond:
-      null_mask = prob_mask(null_key, batch, null_cond_prob, 'null_cond_prob')
+      if self.class_embed is not None:
+        cond = self.class_embed(cond)
+      if null_mask is None:
+        null_mask = prob_mask(null_key, batch, null_cond_prob, 'null_cond_prob')
       cond = jnp.where(null_mask[:, None], self.null_cond_emb[...][None, :], cond)
       t = jnp.concatenate([t, cond.astype(t.dtype)], axis=-1)
 
@@ -181,8 +195,6 @@ class Unet3D(nnx.Module):
 
   def _guided_pair_call(self, x, time, cond, focus_present_mask=None, **kwargs):
     double = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
-    batch = x.shape[0]
-    null_mask = jnp.arange(2 * batch) >= batch
-    cond2 = jnp.where(null_mask[:, None], self.null_cond_emb[...][None, :], double(cond))
-    return self(double(x), double(time), cond2, null_cond_prob=0.0,
+    null_mask = jnp.arange(2 * x.shape[0]) >= x.shape[0]
+    return self(double(x), double(time), double(cond), null_mask=null_mask,
                 focus_present_mask=double(focus_present_mask), **kwargs)

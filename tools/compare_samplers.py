@@ -1,0 +1,73 @@
+"""Side-by-side GIF of one checkpoint sampled with DDPM (all steps), DDIM and DPM-Solver++.
+
+  python tools/compare_samplers.py --checkpoint-path results/demo/checkpoints \
+      [--config configs/config.yaml] [--output docs/sampler_comparison.gif]
+
+Each panel is a grid of the same number of videos from the EMA weights, with
+the sampler and its number of model calls written above it, and the wall
+time of each sampler (after compilation) is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from video_diffusion import samplers, sampling, video_io  # noqa: E402
+from video_diffusion.config import load_config  # noqa: E402
+
+
+def label_panel(grid: np.ndarray, text: str, height: int = 12) -> np.ndarray:
+  """grid (frames, h, w, c) uint8 with a `height`-pixel caption band on top."""
+  band = Image.new('L', (grid.shape[2], height), 0)
+  ImageDraw.Draw(band).text((2, 0), text, fill=255)
+  band = np.repeat(np.asarray(band)[None, :, :, None], grid.shape[0], axis=0)
+  return np.concatenate([np.repeat(band, grid.shape[3], axis=3), grid], axis=1)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--checkpoint-path', required=True)
+  parser.add_argument('--config', default='configs/config.yaml')
+  parser.add_argument('--step', type=int, default=-1)
+  parser.add_argument('--output', default='docs/sampler_comparison.gif')
+  parser.add_argument('--videos', type=int, default=9)
+  parser.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args()
+
+  import jax
+  cfg = load_config(args.config)
+  graphdef, params, constants, step = sampling.load_params(cfg, args.checkpoint_path,
+                                                           step=args.step, ema=True)
+  timesteps = cfg.diffusion.timesteps
+  runs = [(f'DDPM-{timesteps}', samplers.DDPM()), ('DDIM-50', samplers.DDIM(50)),
+          ('DPM++-20', samplers.DPMSolverPP(20))]
+  panels = []
+  for name, sampler in runs:
+    sample = sampling.make_sampler(graphdef, constants, args.videos, sampler=sampler)
+    key = jax.random.key(args.seed)
+    jax.block_until_ready(sample(params, key))  # compile
+    t0 = time.perf_counter()
+    videos = np.asarray(sample(params, key))
+    seconds = time.perf_counter() - t0
+    print(f'{name}: {args.videos} videos in {seconds:.1f} s; pixel mean {videos.mean():.3f}, '
+          f'std {videos.std():.3f}')
+    frames = video_io.to_uint8(videos, value_range=(0.0, 1.0))
+    grid = video_io.video_grid(frames, sampling.grid_rows(args.videos))
+    panels.append(label_panel(grid, name))
+  gap = np.zeros(panels[0].shape[:2] + (4,) + panels[0].shape[3:], np.uint8)
+  row = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=2)
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  video_io.write_gif(args.output, row, fps=8)
+  print(f'wrote {args.output} (step {step}, {os.path.getsize(args.output) / 1e3:.0f} kB)')
+
+
+if __name__ == '__main__':
+  main()
