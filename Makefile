@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_samplers.py
 
 # Needs torch==2.13.0 and video-diffusion-pytorch==0.7.0 (see tools/make_parity_fixtures.py).
 fixtures:

@@ -76,7 +76,7 @@ def test_sampler_draws_the_data_distribution(objective, name):
   assert abs(ratio - 1).mean() < 0.05
 
 
-def test_a_denoiser_that_ignores_the_noise_level_does_not_pass():
+def test_the_check_catches_a_wrong_denoiser():
   """Guards the test above: a denoiser of data twice as wide gives the wrong spread."""
   diffusion = gaussian_diffusion('x0', MU, STD * 2)
   x = np.asarray(jax.jit(lambda key: samplers.sample(
