@@ -72,10 +72,47 @@ def flops_of(compiled) -> float | None:
   return None if not cost or 'flops' not in cost else float(cost['flops'])
 
 
+def time_train_step(diffusion, shape, batch_key, step_key, repeats: int) -> dict:
+  """Compiles loss + grad + Adam update of `diffusion` as one jitted function and
+  times it: params, compile_s, step_s, flops, temp_bytes (XLA), loss."""
+  import jax
+  import optax
+  from flax import nnx
+
+  graphdef, params, rest = nnx.split(diffusion, nnx.Param, ...)
+  n_params = sum(p.size for p in jax.tree.leaves(params))
+  tx = optax.adam(1e-4)
+  opt_state = tx.init(params)
+
+  def train_step(params, opt_state, rest, batch, key):
+    def loss_fn(p):
+      return nnx.merge(graphdef, p, rest)(batch, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  batch = jax.random.uniform(batch_key, shape)
+  t0 = time.perf_counter()
+  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
+      params, opt_state, rest, batch, step_key).compile()
+  compile_s = time.perf_counter() - t0
+  memory = step.memory_analysis()
+  keys = iter(jax.random.split(step_key, WARMUPS + repeats))
+  state = {'params': params, 'opt_state': opt_state, 'loss': None}
+
+  def one_step():
+    p, o, loss = step(state['params'], state['opt_state'], rest, batch, next(keys))
+    state.update(params=p, opt_state=o, loss=jax.block_until_ready(loss))
+
+  step_s = median_time(one_step, repeats)
+  return dict(n_params=n_params, compile_s=compile_s, step_s=step_s, flops=flops_of(step),
+              temp_bytes=None if memory is None else int(memory.temp_size_in_bytes),
+              loss=float(state['loss']))
+
+
 def run_one(name: str, repeats: int) -> dict:
   """Benchmarks one config in this process; returns the figures as a dict."""
   import jax
-  import optax
   from flax import nnx
   from video_diffusion import GaussianDiffusion, Unet3D
 
@@ -95,37 +132,11 @@ def run_one(name: str, repeats: int) -> dict:
   denoise = denoise.lower(ustate, x, t).compile()
   denoise_s = median_time(lambda: jax.block_until_ready(denoise(ustate, x, t)), repeats)
 
-  # Train step: loss + grad + Adam update as one pure jitted function.
-  graphdef, params, rest = nnx.split(diffusion, nnx.Param, ...)
-  n_params = sum(p.size for p in jax.tree.leaves(params))
-  tx = optax.adam(1e-4)
-  opt_state = tx.init(params)
-
-  def train_step(params, opt_state, rest, batch, key):
-    def loss_fn(p):
-      return nnx.merge(graphdef, p, rest)(batch, key)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  batch = jax.random.uniform(kb, shape)
-  t0 = time.perf_counter()
-  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-      params, opt_state, rest, batch, kstep).compile()
-  compile_s = time.perf_counter() - t0
-  flops = flops_of(step)
-
-  keys = iter(jax.random.split(kstep, WARMUPS + repeats))
-  state = {'params': params, 'opt_state': opt_state, 'loss': None}
-
-  def one_step():
-    p, o, loss = step(state['params'], state['opt_state'], rest, batch, next(keys))
-    state.update(params=p, opt_state=o, loss=jax.block_until_ready(loss))
-
-  step_s = median_time(one_step, repeats)
+  figures = time_train_step(diffusion, shape, kb, kstep, repeats)
   device = jax.devices()[0]
-  return dict(config=name, params_m=n_params / 1e6, compile_s=compile_s, step_s=step_s,
-              denoise_s=denoise_s, flops=flops, loss=float(state['loss']),
+  return dict(config=name, params_m=figures['n_params'] / 1e6, compile_s=figures['compile_s'],
+              step_s=figures['step_s'], denoise_s=denoise_s, flops=figures['flops'],
+              loss=figures['loss'],
               rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
               platform=device.platform, device_kind=device.device_kind,
               jax_version=jax.__version__, allocator=active_allocator())
@@ -155,6 +166,24 @@ def table(rows: list[dict]) -> str:
              str(ref['rss_gb']), str(ref['gflop']), fmt(ref_step / r['step_s'], '.2f')]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
+
+
+def run_child(cmd: list[str], label: str, env: dict) -> dict | None:
+  """Runs one benchmark subprocess; its last JSON line, or None (reported) if it failed."""
+  proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+  if proc.returncode != 0:
+    print(f'{label} failed (exit status {proc.returncode}; -9 is usually out of memory)',
+          file=sys.stderr, flush=True)
+    return None
+  return json.loads([l for l in proc.stdout.splitlines() if l.startswith('{')][-1])
+
+
+def header(rows: list[dict], repeats: int) -> str:
+  """The table's first line: date, jax, CPU, devices, repeats."""
+  kinds = sorted({r['device_kind'] for r in rows})
+  return (f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {rows[0]['jax_version']} | "
+          f"{cpu_model()} ({os.cpu_count()} CPUs) | device {', '.join(kinds)} | "
+          f"median of {repeats} after {WARMUPS} warm-ups")
 
 
 def main() -> None:
@@ -188,20 +217,14 @@ def main() -> None:
         child_env = allocator_env(allocator, env)
       except ValueError as error:
         sys.exit(str(error))
-      proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--one', n, '--json',
-                             '--repeats', str(args.repeats)], stdout=subprocess.PIPE,
-                            text=True, env=child_env)
-      if proc.returncode != 0:
-        print(f'config {n} with {allocator} malloc failed (exit status {proc.returncode}; '
-              '-9 is usually out of memory)', file=sys.stderr, flush=True)
-        continue
-      rows.append(json.loads([l for l in proc.stdout.splitlines() if l.startswith('{')][-1]))
+      row = run_child([sys.executable, os.path.abspath(__file__), '--one', n, '--json',
+                       '--repeats', str(args.repeats)], f'config {n} with {allocator} malloc',
+                      child_env)
+      if row is not None:
+        rows.append(row)
   if not rows:
     sys.exit('no config ran to completion')
-  kinds = sorted({r['device_kind'] for r in rows})
-  print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {rows[0]['jax_version']} | "
-        f"{cpu_model()} ({os.cpu_count()} CPUs) | device {', '.join(kinds)} | "
-        f"median of {args.repeats} after {WARMUPS} warm-ups")
+  print(header(rows, args.repeats))
   print()
   print(table(rows))
 

@@ -1,6 +1,9 @@
 """Attention layers of the Unet3D: temporal, full spatial and linear spatial.
 
 Videos are channels-last (batch, frames, height, width, channels).
+With `dtype` bfloat16 the projections and attention matmuls run in bfloat16
+(float32 parameters cast at use); the rotary embedding, position bias and
+softmaxes run in float32.
 """
 
 from __future__ import annotations
@@ -73,13 +76,17 @@ class Attention(nnx.Module):
   """
 
   def __init__(self, dim: int, heads: int = 4, dim_head: int = 32, *,
-               rotary_dim: int | None = None, rngs: nnx.Rngs):
+               rotary_dim: int | None = None, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
     self.scale = dim_head ** -0.5
     self.heads = heads
     hidden_dim = dim_head * heads
     self.rotary_dim = rotary_dim
-    self.to_qkv = nnx.Linear(dim, hidden_dim * 3, use_bias=False, rngs=rngs)
-    self.to_out = nnx.Linear(hidden_dim, dim, use_bias=False, rngs=rngs)
+    self.dtype = jnp.dtype(dtype)
+    self.to_qkv = nnx.Linear(dim, hidden_dim * 3, use_bias=False, dtype=dtype,
+                             param_dtype=jnp.float32, rngs=rngs)
+    self.to_out = nnx.Linear(hidden_dim, dim, use_bias=False, dtype=dtype,
+                             param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x, pos_bias=None, focus_present_mask=None):
     q, k, v = jnp.split(self.to_qkv(x), 3, axis=-1)
@@ -88,11 +95,13 @@ class Attention(nnx.Module):
     q, k, v = split_heads(q) * self.scale, split_heads(k), split_heads(v)
     if self.rotary_dim is not None:
       inv_freq = rotary_frequencies(self.rotary_dim)
-      q, k = apply_rotary(q, inv_freq), apply_rotary(k, inv_freq)
-    sim = jnp.einsum('...hid,...hjd->...hij', q, k)
+      rotate = lambda t: (  # noqa: E731
+          apply_rotary(t.astype(jnp.float32), inv_freq).astype(self.dtype))
+      q, k = rotate(q), rotate(k)
+    sim = jnp.einsum('...hid,...hjd->...hij', q, k).astype(jnp.float32)
     if pos_bias is not None:
       sim = sim + pos_bias
-    attn = jax.nn.softmax(sim, axis=-1)
+    attn = jax.nn.softmax(sim, axis=-1).astype(self.dtype)
     out = jnp.einsum('...hij,...hjd->...hid', attn, v)
     if focus_present_mask is not None:
       mask = focus_present_mask.reshape((-1,) + (1,) * (out.ndim - 1))
@@ -104,8 +113,10 @@ class Attention(nnx.Module):
 class TemporalAttention(nnx.Module):
   """Attention across frames at every pixel of a (b, f, h, w, c) video."""
 
-  def __init__(self, dim: int, heads: int, dim_head: int, *, rngs: nnx.Rngs):
-    self.attn = Attention(dim, heads, dim_head, rotary_dim=min(32, dim_head), rngs=rngs)
+  def __init__(self, dim: int, heads: int, dim_head: int, *, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.attn = Attention(dim, heads, dim_head, rotary_dim=min(32, dim_head), dtype=dtype,
+                          rngs=rngs)
 
   def __call__(self, x, pos_bias=None, focus_present_mask=None):
     b, f, h, w, c = x.shape
@@ -117,8 +128,9 @@ class TemporalAttention(nnx.Module):
 class SpatialAttention(nnx.Module):
   """Full attention across the pixels of each frame of a (b, f, h, w, c) video."""
 
-  def __init__(self, dim: int, heads: int, dim_head: int = 32, *, rngs: nnx.Rngs):
-    self.attn = Attention(dim, heads, dim_head, rngs=rngs)
+  def __init__(self, dim: int, heads: int, dim_head: int = 32, *,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.attn = Attention(dim, heads, dim_head, dtype=dtype, rngs=rngs)
 
   def __call__(self, x):
     b, f, h, w, c = x.shape
@@ -128,19 +140,23 @@ class SpatialAttention(nnx.Module):
 class SpatialLinearAttention(nnx.Module):
   """Linear attention across the pixels of each frame of a (b, f, h, w, c) video."""
 
-  def __init__(self, dim: int, heads: int = 4, dim_head: int = 32, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, heads: int = 4, dim_head: int = 32, *,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     self.scale = dim_head ** -0.5
     self.heads = heads
     hidden_dim = dim_head * heads
-    self.to_qkv = nnx.Linear(dim, hidden_dim * 3, use_bias=False, rngs=rngs)
-    self.to_out = nnx.Linear(hidden_dim, dim, rngs=rngs)
+    self.dtype = jnp.dtype(dtype)
+    self.to_qkv = nnx.Linear(dim, hidden_dim * 3, use_bias=False, dtype=dtype,
+                             param_dtype=jnp.float32, rngs=rngs)
+    self.to_out = nnx.Linear(hidden_dim, dim, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x):
     b, f, h, w, c = x.shape
     qkv = self.to_qkv(x.reshape(b * f, h * w, c))
     q, k, v = (t.reshape(b * f, h * w, self.heads, -1) for t in jnp.split(qkv, 3, axis=-1))
-    q = jax.nn.softmax(q, axis=-1) * self.scale
-    k = jax.nn.softmax(k, axis=1)
+    softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)  # noqa: E731
+    q = (softmax(q, -1) * self.scale).astype(self.dtype)
+    k = softmax(k, 1).astype(self.dtype)
     context = jnp.einsum('bnhd,bnhe->bhde', k, v)
     out = jnp.einsum('bhde,bnhd->bnhe', context, q)
     return self.to_out(out.reshape(b * f, h * w, -1)).reshape(b, f, h, w, c)

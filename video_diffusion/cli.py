@@ -39,6 +39,15 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
                       help='resume from the checkpoint of step N; -1 = the newest (or start '
                            'afresh if there is none); 0 = start afresh, refused if the checkpoint '
                            'folder has checkpoints (default: trainer.resume_training_step).')
+  hosts = parser.add_argument_group('multi-process (jax.distributed; the same command on '
+                                    'every process)')
+  hosts.add_argument('--coordinator-address', default=None, metavar='HOST:PORT',
+                     help='address of process 0 (or JAX_COORDINATOR_ADDRESS); none = one '
+                          'process.')
+  hosts.add_argument('--num-processes', type=int, default=None, metavar='N',
+                     help='processes in the run (or JAX_NUM_PROCESSES).')
+  hosts.add_argument('--process-id', type=int, default=None, metavar='I',
+                     help='this process, 0..N-1 (or JAX_PROCESS_ID).')
   _add_common(parser)
   return parser
 
@@ -146,8 +155,12 @@ def run_train(args: argparse.Namespace) -> None:
     _fail(str(e))
   _use_allocator(args.malloc)
   _use_compilation_cache()
-  from video_diffusion import trainer
+  from video_diffusion import distributed, trainer
   from video_diffusion.data import DataError
+  try:
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  except ValueError as e:
+    _fail(str(e))
   try:
     result = trainer.train(cfg, resume_step=args.resume_step)
   except (ConfigError, DataError, trainer.TrainingError) as e:

@@ -154,7 +154,17 @@ class TrainerConfig:
   profile_flush_step: int | None = _key(None, 'Write a JAX profiler trace (results_folder/'
                                         'profile) from step 2 up to this step; null = none.',
                                         _positive)
-  num_model_shards: int = _key(1, 'Devices the model is split over; 1 = replicated.', _positive)
+  num_model_shards: int = _key(1, 'Devices params are sharded over (the fsdp mesh axis); 1 = '
+                               'replicated.', _positive)
+  mesh_fsdp: int | None = _key(None, "Size of the mesh's fsdp axis (params, EMA and optimiser "
+                               'state sharded over it); null = num_model_shards.', _positive)
+  mesh_data: int = _key(-1, "Size of the mesh's data axis; -1 = all devices / mesh_fsdp.",
+                        _rule(lambda v: v == -1 or v > 0, '-1 or > 0'))
+  compute_dtype: str = _key('float32', "Dtype of the model's computation: 'float32' or "
+                            "'bfloat16' (params, loss and optimiser stay float32).",
+                            _one_of('float32', 'bfloat16'))
+  remat: bool = _key(False, 'Recompute the U-Net blocks in the backward pass instead of '
+                     'storing their activations (less memory, more compute).')
   data_workers: int = _key(2, 'Grain worker processes preparing batches; 0 = in the main process.',
                            _nonneg)
   seed: int = _key(0, 'Seed of data order, noise and timesteps.', _nonneg)

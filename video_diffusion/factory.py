@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import nnx
 
 from video_diffusion.config import Config
@@ -12,6 +13,9 @@ from video_diffusion.unet import Unet3D
 
 def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion:
   """GaussianDiffusion(Unet3D) with the config's architecture and initial weights.
+
+  The Unet3D computes in trainer.compute_dtype (params stay float32) and with
+  trainer.remat recomputes its blocks' activations in the backward pass.
 
   With abstract=True the Unet3D weights are ShapeDtypeStructs (nothing is
   initialised; for restoring a checkpoint into); the schedule is always real.
@@ -24,7 +28,8 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
       channels=in_channels, attn_heads=u.attn_heads, attn_dim_head=u.attn_dim_head,
       use_bert_text_cond=u.use_bert_text_cond, init_dim=u.init_dim,
       init_kernel_size=u.init_kernel_size, use_sparse_linear_attn=u.use_sparse_linear_attn,
-      num_classes=u.num_classes, rngs=nnx.Rngs(u.rngs_seed))
+      num_classes=u.num_classes, dtype=jnp.dtype(cfg.trainer.compute_dtype),
+      remat=cfg.trainer.remat, rngs=nnx.Rngs(u.rngs_seed))
   unet = nnx.eval_shape(make_unet)
   if not abstract:  # numpy init: eager or jitted JAX init compiles for ~10 s on a CPU
     torch_default_init(unet, u.rngs_seed)

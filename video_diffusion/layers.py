@@ -4,6 +4,11 @@ Every array is channels-last: videos are (batch, frames, height, width, channels
 Spatial (1, k, k) convolutions of the reference run as 2-D convolutions over
 (batch * frames, height, width, channels), which XLA executes about twice as fast
 as the equivalent 3-D convolution on CPU.
+
+Mixed precision: layers taking `dtype` keep float32 parameters and run their
+convolutions/matmuls in `dtype` (activations and parameters are cast at use);
+the norms compute in float32 and return their input's dtype. With dtype float32
+nothing is cast, so the numerics are those of a plain float32 model.
 """
 
 from __future__ import annotations
@@ -57,12 +62,12 @@ class SpatialConv(nnx.Module):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
                stride: int = 1, padding: int | None = None, use_bias: bool = True,
-               rngs: nnx.Rngs):
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     padding = kernel_size // 2 if padding is None else padding
     self.conv = nnx.Conv(in_features, out_features, (kernel_size, kernel_size),
                          strides=(stride, stride),
                          padding=((padding, padding), (padding, padding)),
-                         use_bias=use_bias, rngs=rngs)
+                         use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return _over_frames(self.conv, x)
@@ -81,7 +86,8 @@ class Upsample(nnx.Module):
   then a depth-to-space shuffle: no multiplications by the zeros of a dilated input.
   """
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.dtype = jnp.dtype(dtype)
     init = nnx.initializers.lecun_normal()
     self.kernel = nnx.Param(init(rngs.params(), (4, 4, dim, dim)))
     self.bias = nnx.Param(jnp.zeros((dim,)))
@@ -96,7 +102,9 @@ class Upsample(nnx.Module):
     return jnp.concatenate(phases, axis=-1)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.phase_kernel()
+    kernel = self.phase_kernel().astype(self.dtype)
+    bias = self.bias[...].astype(self.dtype)
+    x = x.astype(self.dtype)
     out = kernel.shape[-1] // 4
 
     def up(images):
@@ -104,14 +112,14 @@ class Upsample(nnx.Module):
       y = jax.lax.conv_general_dilated(images, kernel, (1, 1), ((1, 1), (1, 1)),
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
       y = y.reshape(n, h, w, 2, 2, out).transpose(0, 1, 3, 2, 4, 5)
-      return y.reshape(n, 2 * h, 2 * w, out) + self.bias[...]
+      return y.reshape(n, 2 * h, 2 * w, out) + bias
 
     return _over_frames(up, x)
 
 
-def Downsample(dim: int, *, rngs: nnx.Rngs) -> SpatialConv:
+def Downsample(dim: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs) -> SpatialConv:
   """The reference's Conv3d((1, 4, 4), stride (1, 2, 2), padding (0, 1, 1))."""
-  return SpatialConv(dim, dim, 4, stride=2, padding=1, rngs=rngs)
+  return SpatialConv(dim, dim, 4, stride=2, padding=1, dtype=dtype, rngs=rngs)
 
 
 class ChannelLayerNorm(nnx.Module):
@@ -122,9 +130,11 @@ class ChannelLayerNorm(nnx.Module):
     self.gamma = nnx.Param(jnp.ones((dim,)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Computes in float32; returns x's dtype."""
+    dtype, x = x.dtype, x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.gamma[...]
+    return ((x - mean) * jax.lax.rsqrt(var + self.eps) * self.gamma[...]).astype(dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -135,15 +145,18 @@ class RMSNorm(nnx.Module):
     self.gamma = nnx.Param(jnp.ones((dim,)))
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Computes in float32; returns x's dtype."""
+    dtype, x = x.dtype, x.astype(jnp.float32)
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, 1e-12) * self.scale * self.gamma[...]
+    return (x / jnp.maximum(norm, 1e-12) * self.scale * self.gamma[...]).astype(dtype)
 
 
 class Block(nnx.Module):
   """(1, 3, 3) conv -> RMSNorm -> optional scale/shift -> SiLU."""
 
-  def __init__(self, dim: int, dim_out: int, *, rngs: nnx.Rngs):
-    self.proj = SpatialConv(dim, dim_out, 3, rngs=rngs)
+  def __init__(self, dim: int, dim_out: int, *, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    self.proj = SpatialConv(dim, dim_out, 3, dtype=dtype, rngs=rngs)
     self.norm = RMSNorm(dim_out)
 
   def __call__(self, x, scale_shift=None):
@@ -158,12 +171,13 @@ class ResnetBlock(nnx.Module):
   """Two Blocks with a time-conditioned scale/shift and a residual 1x1 conv."""
 
   def __init__(self, dim: int, dim_out: int, *, time_emb_dim: int | None = None,
-               rngs: nnx.Rngs):
-    self.mlp = (nnx.Linear(time_emb_dim, dim_out * 2, rngs=rngs)
-                if time_emb_dim is not None else None)
-    self.block1 = Block(dim, dim_out, rngs=rngs)
-    self.block2 = Block(dim_out, dim_out, rngs=rngs)
-    self.res_conv = nnx.Linear(dim, dim_out, rngs=rngs) if dim != dim_out else None
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    linear = lambda d_in, d_out: nnx.Linear(d_in, d_out, dtype=dtype,  # noqa: E731
+                                            param_dtype=jnp.float32, rngs=rngs)
+    self.mlp = linear(time_emb_dim, dim_out * 2) if time_emb_dim is not None else None
+    self.block1 = Block(dim, dim_out, dtype=dtype, rngs=rngs)
+    self.block2 = Block(dim_out, dim_out, dtype=dtype, rngs=rngs)
+    self.res_conv = linear(dim, dim_out) if dim != dim_out else None
 
   def __call__(self, x: jax.Array, time_emb: jax.Array | None = None) -> jax.Array:
     scale_shift = None

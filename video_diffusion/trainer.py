@@ -17,6 +17,8 @@ import numpy as np
 
 from video_diffusion import conditioning
 from video_diffusion import data as data_lib
+from video_diffusion import distributed
+from video_diffusion import sharding
 from video_diffusion import train_step as ts
 from video_diffusion.checkpoint import Checkpointer, model_mismatch
 from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
@@ -45,17 +47,6 @@ class TrainResult:
   wall_s: float
 
 
-def _check_supported(cfg: Config) -> None:
-  """Refuses settings this version of the training loop cannot honour."""
-  t = cfg.trainer
-  if t.num_model_shards > jax.device_count():
-    raise TrainingError(f'trainer.num_model_shards is {t.num_model_shards} but there are only '
-                        f'{jax.device_count()} devices; set it to 1 (or run on more devices)')
-  if t.num_model_shards > 1:
-    raise TrainingError(f'trainer.num_model_shards is {t.num_model_shards}: splitting the model '
-                        'over devices is not supported by train.py yet; set it to 1')
-
-
 class _Run:
   """The state of one training job between steps."""
 
@@ -63,6 +54,7 @@ class _Run:
     t = cfg.trainer
     self.cfg = cfg
     self.is_main = process_index == 0
+    self.process_count = process_count
     self.results_folder = os.path.abspath(t.results_folder)
     self.ckpt_dir = resolved_checkpoint_dir(cfg)
     os.makedirs(self.results_folder, exist_ok=True)
@@ -75,7 +67,11 @@ class _Run:
 
   def _start(self, resume_step: int, process_index: int, process_count: int) -> None:
     cfg, t = self.cfg, self.cfg.trainer
-    _check_supported(cfg)
+    try:
+      self.mesh = sharding.mesh_from_config(cfg)
+      sharding.check_batch(t.train_batch_size, self.mesh)
+    except sharding.MeshError as e:
+      raise TrainingError(str(e)) from None
     try:
       self.text_encoder = conditioning.make_text_encoder(cfg)
     except ValueError as e:  # ConditionError, TextEncoderError
@@ -96,11 +92,14 @@ class _Run:
     tx = ts.make_optimizer(t)
     loader = data_lib.make_loader(cfg, seed=t.seed, process_index=process_index,
                                   process_count=process_count)
+    abstract = jax.eval_shape(lambda p: ts.init_train_state(p, tx, t.seed), params)
+    self.state_shardings = sharding.state_shardings(abstract, self.mesh)
     if resume_step == 0:
-      self.state = ts.init_train_state(params, tx, t.seed)
+      self.state = jax.device_put(ts.init_train_state(params, tx, t.seed), self.state_shardings)
       self.batches = iter(loader)
     else:
-      target = jax.eval_shape(lambda p: ts.init_train_state(p, tx, t.seed), params)
+      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, self.state_shardings)
       try:
         resume_step = self.ckpt.resolve_step(resume_step)
       except FileNotFoundError as e:
@@ -111,24 +110,37 @@ class _Run:
                             f'{mismatch}; resume with the model settings it was trained with, '
                             'or start a new run in another checkpoint folder')
       self.state, data_state, _ = self.ckpt.restore(resume_step, target)
+      if 'processes' in data_state or process_count > 1:
+        saved = data_state.get('processes', [data_state])
+        if len(saved) != process_count:
+          raise TrainingError(f'checkpoint {resume_step} was written by {len(saved)} '
+                              f'process(es); resume it with as many (here: {process_count})')
+        data_state = saved[process_index]
       self.batches = data_lib.restore_iterator(loader, data_state)
-    # Committed to one device either way, so fresh and resumed runs share compilations.
-    self.state = jax.device_put(self.state, jax.devices()[0])
     self.step = int(self.state.step)
     self.data_state = data_lib.iterator_state(self.batches)  # after the batches of self.step
     self.last_saved = self.step if resume_step != 0 else None
     step_fn = ts.make_train_step(self.graphdef, self.constants, tx,
                                  ts.StepOptions.from_config(cfg), self.schedule)
-    self.train_step = jax.jit(step_fn, donate_argnums=0)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    has_cond = conditioning.condition_kind(cfg) is not None
+    self.train_step = jax.jit(
+        step_fn, donate_argnums=0,
+        in_shardings=(self.state_shardings, batch_sharding, batch_sharding if has_cond else None),
+        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
     self.sampler = None
     if self.is_main:
       dump_config(cfg, os.path.join(self.results_folder, 'config.yaml'))
 
   def save(self) -> None:
-    """Starts an asynchronous save of the state (unless this step is saved)."""
+    """Starts an asynchronous save of the state (unless this step is saved); every
+    process takes part, and the data-iterator state of each is kept."""
     step = int(self.state.step)
     if self.last_saved != step:
-      self.ckpt.save(self.state, data_state=self.data_state, config=config_to_dict(self.cfg))
+      data_state = self.data_state
+      if self.process_count > 1:
+        data_state = {'processes': distributed.gather_json(data_state)}
+      self.ckpt.save(self.state, data_state=data_state, config=config_to_dict(self.cfg))
       self.last_saved = step
 
   def condition(self, batch: dict):
@@ -151,19 +163,23 @@ class _Run:
       self.sampler = make_sampler(self.graphdef, self.constants, rows * rows,
                                   cond_scale=self.cfg.trainer.cond_scale)
     key = jax.random.fold_in(jax.random.key(self.cfg.trainer.seed), self.step)
-    videos = np.asarray(self.sampler(self.state.ema_params, key, self.sample_cond))
+    videos = distributed.fetch(self.sampler(self.state.ema_params, key, self.sample_cond))
+    if not self.is_main:
+      return ''
     path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     return write_grid(path, videos, rows)
 
 
-def train(cfg: Config, *, resume_step: int | None = None, process_index: int = 0,
-          process_count: int = 1) -> TrainResult:
+def train(cfg: Config, *, resume_step: int | None = None, process_index: int | None = None,
+          process_count: int | None = None) -> TrainResult:
   """Trains as `cfg` says. resume_step: None = trainer.resume_training_step;
   0 = start afresh; N = resume from checkpoint N; -1 = from the newest, or
   afresh when the checkpoint folder is empty."""
   t = cfg.trainer
   resume_step = t.resume_training_step if resume_step is None else resume_step
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   start = time.perf_counter()
   run = _Run(cfg, resume_step, process_index, process_count)
   logger = MetricsLogger(run.results_folder, tensorboard_dir=t.tensorboard_dir,
@@ -175,7 +191,9 @@ def train(cfg: Config, *, resume_step: int | None = None, process_index: int = 0
       batch = next(run.batches)
       cond = run.condition(batch)
       tick = time.perf_counter()
-      run.state, metrics = run.train_step(run.state, batch['video'], cond)
+      videos = sharding.global_batch(batch['video'], run.mesh)
+      cond = None if cond is None else sharding.global_batch(cond, run.mesh)
+      run.state, metrics = run.train_step(run.state, videos, cond)
       metrics = jax.device_get(metrics)
       if not metrics['finite']:
         kept = (f'the last checkpoint (step {run.last_saved}) is kept'
@@ -195,9 +213,9 @@ def train(cfg: Config, *, resume_step: int | None = None, process_index: int = 0
         bar.update(run.step, loss=loss)
       if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:
         run.save()
-      if run.is_main and run.step % t.save_and_sample_every == 0:
-        grid = run.write_samples()
-        if t.add_loss_plot:
+      if run.step % t.save_and_sample_every == 0:
+        grid = run.write_samples()  # every process samples; process 0 writes
+        if run.is_main and t.add_loss_plot:
           logger.plot()
           shutil.copyfile(logger.plot_path,
                           os.path.join(os.path.dirname(grid), f'loss-{run.step}.png'))

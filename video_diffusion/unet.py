@@ -36,20 +36,36 @@ class UnetLevel(nnx.Module):
   """Two ResnetBlocks, spatial linear attention, temporal attention, resampling."""
 
   def __init__(self, dim_in, dim_out, *, cond_dim, heads, dim_head, use_linear_attn,
-               resample, rngs):
-    self.block1 = ResnetBlock(dim_in, dim_out, time_emb_dim=cond_dim, rngs=rngs)
-    self.block2 = ResnetBlock(dim_out, dim_out, time_emb_dim=cond_dim, rngs=rngs)
+               resample, dtype=jnp.float32, remat=False, rngs):
+    self.block1 = ResnetBlock(dim_in, dim_out, time_emb_dim=cond_dim, dtype=dtype, rngs=rngs)
+    self.block2 = ResnetBlock(dim_out, dim_out, time_emb_dim=cond_dim, dtype=dtype, rngs=rngs)
     self.spatial_attn = (PreNormResidual(dim_out, SpatialLinearAttention(
-        dim_out, heads=heads, rngs=rngs)) if use_linear_attn else None)
+        dim_out, heads=heads, dtype=dtype, rngs=rngs)) if use_linear_attn else None)
     self.temporal_attn = PreNormResidual(dim_out, TemporalAttention(
-        dim_out, heads, dim_head, rngs=rngs))
+        dim_out, heads, dim_head, dtype=dtype, rngs=rngs))
     self.resample = resample
+    self.remat = remat
 
-  def features(self, x, t, pos_bias, focus_present_mask):
+  def _features(self, x, t, pos_bias, focus_present_mask):
     x = self.block2(self.block1(x, t), t)
     if self.spatial_attn is not None:
       x = self.spatial_attn(x)
     return self.temporal_attn(x, pos_bias=pos_bias, focus_present_mask=focus_present_mask)
+
+  def features(self, x, t, pos_bias, focus_present_mask):
+    """The level's blocks and attentions (before resampling); with remat, their
+    activations are recomputed in the backward pass instead of stored."""
+    fn = nnx.remat(UnetLevel._features) if self.remat else UnetLevel._features
+    return fn(self, x, t, pos_bias, focus_present_mask)
+
+
+def _mid_blocks(block1, spatial_attn, temporal_attn, block2, x, t, pos_bias,
+                focus_present_mask):
+  """The Unet3D's middle: ResnetBlock, spatial and temporal attention, ResnetBlock."""
+  x = block1(x, t)
+  x = spatial_attn(x)
+  x = temporal_attn(x, pos_bias=pos_bias, focus_present_mask=focus_present_mask)
+  return block2(x, t)
 
 
 class Unet3D(nnx.Module):
@@ -64,6 +80,12 @@ class Unet3D(nnx.Module):
 
   `init_dim` different from `dim` fails in the reference's forward pass; here
   the final block takes 2 * init_dim channels, so it works.
+
+  `dtype` (float32 or bfloat16) is the compute dtype of the convolutions,
+  linears and attention matmuls; parameters, norms, softmaxes and the time
+  embedding stay float32, and the output is float32. `remat=True` recomputes
+  each level's blocks and the middle blocks in the backward pass (less memory,
+  same values).
   """
 
   def __init__(self, dim: int, cond_dim: int | None = None, out_dim: int | None = None,
@@ -72,18 +94,22 @@ class Unet3D(nnx.Module):
                use_bert_text_cond: bool = False, init_dim: int | None = None,
                init_kernel_size: int = 7, use_sparse_linear_attn: bool = True,
                block_type: str = 'resnet', num_classes: int | None = None, *,
-               rngs: nnx.Rngs):
+               dtype: jnp.dtype = jnp.float32, remat: bool = False, rngs: nnx.Rngs):
     if block_type != 'resnet':
       raise ValueError(f"block_type={block_type!r}: only 'resnet' exists (as in the reference).")
     if init_kernel_size % 2 != 1:
       raise ValueError(f'init_kernel_size={init_kernel_size} must be odd.')
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise ValueError(f'dtype={dtype}: use float32 or bfloat16.')
+    self.dtype = dtype = jnp.dtype(dtype)
+    self.remat = bool(remat)
     self.channels = channels
     self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32, rngs=rngs)
 
     init_dim = dim if init_dim is None else init_dim
-    self.init_conv = SpatialConv(channels, init_dim, init_kernel_size, rngs=rngs)
+    self.init_conv = SpatialConv(channels, init_dim, init_kernel_size, dtype=dtype, rngs=rngs)
     self.init_temporal_attn = PreNormResidual(
-        init_dim, TemporalAttention(init_dim, attn_heads, attn_dim_head, rngs=rngs))
+        init_dim, TemporalAttention(init_dim, attn_heads, attn_dim_head, dtype=dtype, rngs=rngs))
 
     dims = [init_dim, *(dim * m for m in dim_mults)]
     in_out = list(zip(dims[:-1], dims[1:]))
@@ -108,27 +134,33 @@ class Unet3D(nnx.Module):
 
     level = lambda d_in, d_out, resample: UnetLevel(
         d_in, d_out, cond_dim=emb_dim, heads=attn_heads, dim_head=attn_dim_head,
-        use_linear_attn=use_sparse_linear_attn, resample=resample, rngs=rngs)
+        use_linear_attn=use_sparse_linear_attn, resample=resample, dtype=dtype, remat=remat,
+        rngs=rngs)
     num_levels = len(in_out)
     self.downs = nnx.List([
-        level(d_in, d_out, Downsample(d_out, rngs=rngs) if i < num_levels - 1 else None)
+        level(d_in, d_out,
+              Downsample(d_out, dtype=dtype, rngs=rngs) if i < num_levels - 1 else None)
         for i, (d_in, d_out) in enumerate(in_out)])
 
     mid_dim = dims[-1]
-    self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, rngs=rngs)
+    self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, dtype=dtype,
+                                  rngs=rngs)
     self.mid_spatial_attn = PreNormResidual(
-        mid_dim, SpatialAttention(mid_dim, heads=attn_heads, rngs=rngs))
+        mid_dim, SpatialAttention(mid_dim, heads=attn_heads, dtype=dtype, rngs=rngs))
     self.mid_temporal_attn = PreNormResidual(
-        mid_dim, TemporalAttention(mid_dim, attn_heads, attn_dim_head, rngs=rngs))
-    self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, rngs=rngs)
+        mid_dim, TemporalAttention(mid_dim, attn_heads, attn_dim_head, dtype=dtype, rngs=rngs))
+    self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim, dtype=dtype,
+                                  rngs=rngs)
 
     self.ups = nnx.List([
-        level(d_out * 2, d_in, Upsample(d_in, rngs=rngs) if i < num_levels - 1 else None)
+        level(d_out * 2, d_in,
+              Upsample(d_in, dtype=dtype, rngs=rngs) if i < num_levels - 1 else None)
         for i, (d_in, d_out) in enumerate(reversed(in_out))])
 
     self.out_dim = channels if out_dim is None else out_dim
-    self.final_block = ResnetBlock(init_dim * 2, dim, rngs=rngs)
-    self.final_conv = nnx.Linear(dim, self.out_dim, rngs=rngs)
+    self.final_block = ResnetBlock(init_dim * 2, dim, dtype=dtype, rngs=rngs)
+    self.final_conv = nnx.Linear(dim, self.out_dim, dtype=dtype, param_dtype=jnp.float32,
+                                 rngs=rngs)
     seed = rngs.params()
     if not isinstance(seed, jax.core.Tracer):  # under nnx.eval_shape there is nothing to set
       torch_default_init(self, int(jax.random.randint(seed, (), 0, 2**31 - 1)))
@@ -169,10 +201,9 @@ class Unet3D(nnx.Module):
       if level.resample is not None:
         x = level.resample(x)
 
-    x = self.mid_block1(x, t)
-    x = self.mid_spatial_attn(x)
-    x = self.mid_temporal_attn(x, pos_bias=pos_bias, focus_present_mask=focus_present_mask)
-    x = self.mid_block2(x, t)
+    mid = nnx.remat(_mid_blocks) if self.remat else _mid_blocks
+    x = mid(self.mid_block1, self.mid_spatial_attn, self.mid_temporal_attn, self.mid_block2,
+            x, t, pos_bias, focus_present_mask)
 
     for level in self.ups:
       x = jnp.concatenate([x, skips.pop()], axis=-1)
@@ -181,7 +212,7 @@ class Unet3D(nnx.Module):
         x = level.resample(x)
 
     x = jnp.concatenate([x, r], axis=-1)
-    return self.final_conv(self.final_block(x))
+    return self.final_conv(self.final_block(x)).astype(jnp.float32)
 
   def forward_with_cond_scale(self, x, time, cond=None, cond_scale: float = 2.0,
                               **kwargs) -> jax.Array:

@@ -1,0 +1,135 @@
+"""Train-step time and memory of float32 vs bfloat16 compute, with and without remat.
+
+  python benchmarks/bench_precision.py [--configs tiny,seed_v2_2] [--repeats 5]
+
+Each (config, dtype, remat) variant runs in its own subprocess (`--one NAME
+--dtype D [--remat] --json`), so the peak RSS is the variant's own; the parent
+never imports jax and prints a Markdown table. The train step is loss + grad +
+Adam as one jitted function (as in bench_model.py); its time is the median of
+--repeats steps after the warm-ups. "XLA temp" is the compiled step's scratch
+memory (memory_analysis().temp_size_in_bytes: the activations kept for the
+backward pass live there), which every backend reports; "device peak" is the
+accelerator's peak_bytes_in_use where the backend has memory stats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from benchmarks.bench_model import (CONFIGS, header, run_child,  # noqa: E402
+                                    time_train_step)
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def run_one(name: str, dtype: str, remat: bool, repeats: int) -> dict:
+  """Benchmarks one variant in this process; returns the figures as a dict."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from video_diffusion import GaussianDiffusion, Unet3D
+  from video_diffusion.layers import torch_default_init
+
+  c = CONFIGS[name]
+  # Abstract build + numpy init: no XLA compilation for the initialisation.
+  unet = nnx.eval_shape(lambda: Unet3D(dim=c['dim'], dim_mults=c['dim_mults'],
+                                       channels=c['channels'], dtype=jnp.dtype(dtype),
+                                       remat=remat, rngs=nnx.Rngs(0)))
+  torch_default_init(unet, 0)
+  diffusion = GaussianDiffusion(unet, image_size=c['image_size'], num_frames=c['num_frames'],
+                                channels=c['channels'], timesteps=1000, loss_type='l2')
+  shape = (c['batch'],) + diffusion.video_shape
+  kb, kstep = jax.random.split(jax.random.key(0))
+
+  figures = time_train_step(diffusion, shape, kb, kstep, repeats)
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != 'cpu' else None
+  peak_device = None if not stats else stats.get('peak_bytes_in_use')
+  return dict(config=name, dtype=dtype, remat=remat, params_m=figures['n_params'] / 1e6,
+              compile_s=figures['compile_s'], step_s=figures['step_s'], flops=figures['flops'],
+              loss=figures['loss'], temp_bytes=figures['temp_bytes'],
+              device_peak_bytes=peak_device,
+              rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+              platform=device.platform, device_kind=device.device_kind,
+              jax_version=jax.__version__)
+
+
+def fmt(v, spec: str) -> str:
+  return '-' if v is None else format(v, spec)
+
+
+def table(rows: list[dict]) -> str:
+  """The Markdown table; speedup and temp ratio are against float32 without remat."""
+  head = ['config', 'dtype', 'remat', 'compile (s)', 'train step (s)', 'speedup',
+          'GFLOP/step', 'XLA temp (MB)', 'temp vs f32', 'device peak (MB)', 'peak RSS (GB)',
+          'loss']
+  base = {r['config']: r for r in rows if r['dtype'] == 'float32' and not r['remat']}
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    b = base.get(r['config'])
+    speedup = None if b is None else b['step_s'] / r['step_s']
+    temp_ratio = (None if b is None or not b['temp_bytes'] or r['temp_bytes'] is None
+                  else r['temp_bytes'] / b['temp_bytes'])
+    cells = [r['config'], r['dtype'], 'yes' if r['remat'] else 'no',
+             fmt(r['compile_s'], '.1f'), fmt(r['step_s'], '.3f'), fmt(speedup, '.2f'),
+             fmt(None if r['flops'] is None else r['flops'] / 1e9, '.1f'),
+             fmt(None if r['temp_bytes'] is None else r['temp_bytes'] / 1e6, '.1f'),
+             fmt(temp_ratio, '.2f'),
+             fmt(None if r['device_peak_bytes'] is None else r['device_peak_bytes'] / 1e6,
+                 '.1f'),
+             fmt(r['rss_gb'], '.2f'), fmt(r['loss'], '.4f')]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--configs', default=','.join(CONFIGS))
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--dtypes', default=','.join(DTYPES))
+  parser.add_argument('--one', choices=sorted(CONFIGS), help='run one variant in this process')
+  parser.add_argument('--dtype', choices=DTYPES, default='float32', help='with --one')
+  parser.add_argument('--remat', action='store_true', help='with --one')
+  parser.add_argument('--json', action='store_true', help='with --one: print one JSON line')
+  args = parser.parse_args()
+  if args.one:
+    result = run_one(args.one, args.dtype, args.remat, args.repeats)
+    print(json.dumps(result) if args.json else result, flush=True)
+    return
+
+  names = [n for n in args.configs.split(',') if n]
+  dtypes = [d for d in args.dtypes.split(',') if d]
+  for n in names:
+    if n not in CONFIGS:
+      parser.error(f'unknown config {n!r}: use some of {",".join(CONFIGS)}')
+  for d in dtypes:
+    if d not in DTYPES:
+      parser.error(f'unknown dtype {d!r}: use some of {",".join(DTYPES)}')
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
+  rows = []
+  for n in names:
+    for dtype in dtypes:
+      for remat in (False, True):
+        label = f'{n} {dtype}{" remat" if remat else ""}'
+        print(f'running {label} ...', file=sys.stderr, flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), '--one', n, '--dtype', dtype,
+               '--json', '--repeats', str(args.repeats)] + (['--remat'] if remat else [])
+        row = run_child(cmd, label, env)
+        if row is not None:
+          rows.append(row)
+  if not rows:
+    sys.exit('no variant ran to completion')
+  print(header(rows, args.repeats))
+  print()
+  print(table(rows))
+
+
+if __name__ == '__main__':
+  main()
