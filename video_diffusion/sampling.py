@@ -49,8 +49,7 @@ def _place(frames: np.ndarray, positions: np.ndarray, shape) -> tuple[np.ndarray
 
 def generate(sample_fn, params, key: jax.Array, video_shape, batch_size: int, *, cond=None,
              first: np.ndarray | None = None, last: np.ndarray | None = None,
-             num_frames: int | None = None, num_cond_frames: int | None = None,
-             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+             num_frames: int | None = None, num_cond_frames: int | None = None) -> np.ndarray:
   """Videos (batch, num_frames, h, w, c) in [0, 1] from a make_sampler function.
 
   first: frames (k, h, w, c) in [0, 1] the videos start with (prediction);
@@ -71,16 +70,14 @@ def generate(sample_fn, params, key: jax.Array, video_shape, batch_size: int, *,
     positions = np.r_[np.arange(len(first)), np.arange(frames - len(last), frames)]
     known, mask = _place(np.broadcast_to(both, (batch_size,) + both.shape), positions, shape)
     return np.asarray(sample_fn(params, key, cond, known, mask))
-  if first is not None:
-    if len(first) >= frames:
-      raise SamplingError(f'{len(first)} given frames leave none of the model\'s {frames} to '
-                          'generate; lower --num-cond-frames')
-    known, mask = _place(np.broadcast_to(first, (batch_size,) + first.shape),
-                         np.arange(len(first)), shape)
-  else:
-    known, mask = _place(np.zeros((batch_size, 0) + shape[2:]), np.arange(0), shape)
-  if total == frames and first is None:
+  if first is None and total == frames:
     return np.asarray(sample_fn(params, key, cond))
+  first = np.zeros((0,) + shape[2:], np.float32) if first is None else first
+  if len(first) >= frames:
+    raise SamplingError(f'{len(first)} given frames leave none of the model\'s {frames} to '
+                        'generate; lower --num-cond-frames')
+  known, mask = _place(np.broadcast_to(first, (batch_size,) + first.shape),
+                       np.arange(len(first)), shape)
   context = num_cond_frames or max(1, frames // 2)
   if total > frames and not 1 <= context < frames:
     raise SamplingError(f'--num-cond-frames {context} must be in [1, {frames - 1}] to extend '
@@ -88,8 +85,6 @@ def generate(sample_fn, params, key: jax.Array, video_shape, batch_size: int, *,
   chunks = 1 + max(0, math.ceil((total - frames) / (frames - context)))
   video = np.asarray(sample_fn(params, key, cond, known, mask))
   for i in range(1, chunks):
-    if progress is not None:
-      progress(i, chunks)
     known, mask = _place(video[:, -context:], np.arange(context), shape)
     chunk = np.asarray(sample_fn(params, jax.random.fold_in(key, i), cond, known, mask))
     video = np.concatenate([video, chunk[:, context:]], axis=1)
