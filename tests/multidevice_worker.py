@@ -83,9 +83,8 @@ def main() -> None:
       with Checkpointer(folder) as ckpt:
         ckpt.save(state, data_state={}, config={})
         ckpt.wait()
-        shardings = sharding.state_shardings(abstract, target_mesh)
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              abstract, shardings)
+        target = sharding.with_shardings(abstract,
+                                         sharding.state_shardings(abstract, target_mesh))
         restored, _, _ = ckpt.restore(int(state.step), target)
     report['checkpoint'][name] = {
         'diff': leaves_max_diff(restored, state),

@@ -219,7 +219,7 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
   """sample_checkpoint's keyword arguments from sample.py's flags (exits on bad input)."""
   from video_diffusion import conditioning, samplers, sampling
   d = cfg.diffusion
-  shape = (d.num_frames, d.image_size, d.image_size, d.channels)
+  shape = sampling.video_shape(cfg)
   k = args.num_cond_frames
   checks = [(args.prime and args.interpolate, '--prime and --interpolate cannot be combined'),
             (k is not None and k < 1, f'--num-cond-frames must be >= 1, got {k}'),

@@ -146,12 +146,6 @@ class GaussianDiffusion(nnx.Module):
     return (_extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t
             - _extract(self.sqrt_recipm1_alphas_cumprod, t, n) * noise)
 
-  def predict_noise_from_start(self, x_t, t, x_start):
-    """The noise that takes x_start to x_t at time t."""
-    n = x_t.ndim
-    return ((_extract(self.sqrt_recip_alphas_cumprod, t, n) * x_t - x_start)
-            / _extract(self.sqrt_recipm1_alphas_cumprod, t, n))
-
   def predict_start(self, x_t, t, model_output):
     """x0 from the network's output under the configured objective."""
     n = x_t.ndim

@@ -91,12 +91,18 @@ def generate(sample_fn, params, key: jax.Array, video_shape, batch_size: int, *,
   return video[:, :total]
 
 
-def load_clip(path: str, video_shape) -> np.ndarray:
+def video_shape(cfg) -> tuple[int, int, int, int]:
+  """(frames, height, width, channels) of the config's model."""
+  d = cfg.diffusion
+  return (d.num_frames, d.image_size, d.image_size, d.channels)
+
+
+def load_clip(path: str, shape) -> np.ndarray:
   """Every frame of a video file as (frames, h, w, c) in [0, 1], resized and
   converted to the model's frame size and channels."""
   from video_diffusion.data import Preprocess
   video = video_io.read_video(path)
-  _, size, _, channels = video_shape
+  _, size, _, channels = shape
   record = Preprocess(len(video), size, channels).random_map({'video': video}, None)
   return record['video'].astype(np.float32) / 255.0
 
@@ -149,8 +155,6 @@ def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema:
   scale = cfg.trainer.cond_scale if cond_scale is None else cond_scale
   sample_fn = make_sampler(graphdef, constants, batch_size, sampler=sampler, cond_scale=scale,
                            recon_guidance=recon_guidance)
-  shape = (cfg.diffusion.num_frames, cfg.diffusion.image_size, cfg.diffusion.image_size,
-           cfg.diffusion.channels)
-  videos = generate(sample_fn, params, jax.random.key(seed), shape, batch_size, cond=cond,
-                    **generate_kwargs)
+  videos = generate(sample_fn, params, jax.random.key(seed), video_shape(cfg), batch_size,
+                    cond=cond, **generate_kwargs)
   return videos, step

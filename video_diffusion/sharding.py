@@ -88,6 +88,13 @@ def state_shardings(state, mesh: Mesh):
                        opt_state=tree_shardings(state.opt_state, mesh))
 
 
+def with_shardings(abstract, shardings):
+  """ShapeDtypeStructs of `abstract` carrying `shardings`: a target to restore a
+  checkpoint into, laid out as the shardings say."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """The same whole array on every device."""
   return NamedSharding(mesh, P())

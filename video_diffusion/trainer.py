@@ -98,8 +98,7 @@ class _Run:
       self.state = jax.device_put(ts.init_train_state(params, tx, t.seed), self.state_shardings)
       self.batches = iter(loader)
     else:
-      target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            abstract, self.state_shardings)
+      target = sharding.with_shardings(abstract, self.state_shardings)
       try:
         resume_step = self.ckpt.resolve_step(resume_step)
       except FileNotFoundError as e:

@@ -75,8 +75,9 @@ class Unet3D(nnx.Module):
   (batch,); returns the predicted noise with shape (..., out_dim).
   `cond` is (batch, cond_dim) (the text embedding with use_bert_text_cond,
   768 wide unless cond_dim says otherwise), or int labels (batch,) with
-  num_classes, embedded to cond_dim (default 4 * dim). Random masks (null_cond_prob, prob_focus_present
-  strictly between 0 and 1) are drawn from `key`.
+  num_classes, embedded to cond_dim (default 4 * dim). Random masks
+  (null_cond_prob, prob_focus_present strictly between 0 and 1) are drawn
+  from `key`.
 
   `init_dim` different from `dim` fails in the reference's forward pass; here
   the final block takes 2 * init_dim channels, so it works.
