@@ -22,9 +22,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Train-step and sampling table; adds the reference's columns when torch==2.13.0 and
+# video-diffusion-pytorch==0.7.0 are installed (see benchmarks/bench.py).
 bench: setup
-	$(PY) benchmarks/bench_model.py
-	$(PY) benchmarks/bench_samplers.py
+	$(PY) benchmarks/bench.py
 
 # Needs torch==2.13.0 and video-diffusion-pytorch==0.7.0 (see tools/make_parity_fixtures.py).
 fixtures:

@@ -21,7 +21,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from video_diffusion.allocator import active_allocator, allocator_env  # noqa: E402  (no jax)
 
 CONFIGS = {
@@ -110,40 +111,73 @@ def time_train_step(diffusion, shape, batch_key, step_key, repeats: int) -> dict
               loss=float(state['loss']))
 
 
+def build_model(name: str, **trainer):
+  """GaussianDiffusion(Unet3D) of config `name` (timesteps 1000, l2 loss), initialised
+  in numpy; `trainer` may set compute_dtype and remat."""
+  from video_diffusion.config import config_from_dict
+  from video_diffusion.factory import build_diffusion
+  c = CONFIGS[name]
+  return build_diffusion(config_from_dict({
+      'unet': dict(dim=c['dim'], dim_mults=list(c['dim_mults']), channels=c['channels']),
+      'diffusion': dict(image_size=c['image_size'], num_frames=c['num_frames'],
+                        channels=c['channels'], timesteps=1000, loss_type='l2'),
+      'trainer': trainer}))
+
+
+def peak_rss_gb() -> float:
+  """This process's peak resident memory in GB."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def device_fields() -> dict:
+  """platform, device_kind and jax_version of this process's first device."""
+  import jax
+  device = jax.devices()[0]
+  return dict(platform=device.platform, device_kind=device.device_kind,
+              jax_version=jax.__version__)
+
+
 def run_one(name: str, repeats: int) -> dict:
   """Benchmarks one config in this process; returns the figures as a dict."""
   import jax
   from flax import nnx
-  from video_diffusion import GaussianDiffusion, Unet3D
 
-  c = CONFIGS[name]
-  unet = Unet3D(dim=c['dim'], dim_mults=c['dim_mults'], channels=c['channels'],
-                rngs=nnx.Rngs(0))
-  diffusion = GaussianDiffusion(unet, image_size=c['image_size'], num_frames=c['num_frames'],
-                                channels=c['channels'], timesteps=1000, loss_type='l2')
-  shape = (c['batch'],) + diffusion.video_shape
+  diffusion = build_model(name)
+  unet = diffusion.denoise_fn
+  shape = (CONFIGS[name]['batch'],) + diffusion.video_shape
   kx, kt, kb, kstep = jax.random.split(jax.random.key(0), 4)
 
   # One denoiser call (done first: the train step below donates the shared params).
   ugraph, ustate = nnx.split(unet)
   denoise = jax.jit(lambda state, x, t: nnx.merge(ugraph, state)(x, t))
   x = jax.random.normal(kx, shape)
-  t = jax.random.randint(kt, (c['batch'],), 0, 1000)
+  t = jax.random.randint(kt, (shape[0],), 0, 1000)
   denoise = denoise.lower(ustate, x, t).compile()
   denoise_s = median_time(lambda: jax.block_until_ready(denoise(ustate, x, t)), repeats)
 
   figures = time_train_step(diffusion, shape, kb, kstep, repeats)
-  device = jax.devices()[0]
   return dict(config=name, params_m=figures['n_params'] / 1e6, compile_s=figures['compile_s'],
               step_s=figures['step_s'], denoise_s=denoise_s, flops=figures['flops'],
-              loss=figures['loss'],
-              rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-              platform=device.platform, device_kind=device.device_kind,
-              jax_version=jax.__version__, allocator=active_allocator())
+              loss=figures['loss'], rss_gb=peak_rss_gb(), allocator=active_allocator(),
+              **device_fields())
 
 
 def fmt(v, spec: str) -> str:
   return '-' if v is None else format(v, spec)
+
+
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+  """A Markdown table of `head` and the rows' cells."""
+  return '\n'.join('| ' + ' | '.join(cells) + ' |' for cells in
+                   [head, ['---'] * len(head)] + rows)
+
+
+def achieved(flops: float | None, step_s: float, platform: str) -> tuple:
+  """(GFLOP per step, GFLOP/s, % of CPU_PEAK_GFLOPS on a CPU), None where unknown."""
+  gflop = None if flops is None else flops / 1e9
+  gflops = None if gflop is None else gflop / step_s
+  return gflop, gflops, (100 * gflops / CPU_PEAK_GFLOPS if gflops and platform == 'cpu'
+                         else None)
 
 
 def table(rows: list[dict]) -> str:
@@ -152,20 +186,18 @@ def table(rows: list[dict]) -> str:
           'peak RSS (GB)', 'GFLOP/step', 'GFLOP/s', '% CPU peak',
           'ref step (s) glibc / jemalloc', 'ref denoiser (s) glibc / jemalloc',
           'ref RSS (GB)', 'ref GFLOP/step', 'speedup vs ref (same malloc)']
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  lines = []
   for r in rows:
     ref = REFERENCE[r['config']]
-    gflop = None if r['flops'] is None else r['flops'] / 1e9
-    gflops = None if gflop is None else gflop / r['step_s']
-    frac = 100 * gflops / CPU_PEAK_GFLOPS if gflops and r['platform'] == 'cpu' else None
+    gflop, gflops, frac = achieved(r['flops'], r['step_s'], r['platform'])
     ref_step = ref['step'][0 if r['allocator'] == 'glibc' else 1]
-    cells = [r['config'], r['allocator'], fmt(r['params_m'], '.3f'), fmt(r['compile_s'], '.1f'),
-             fmt(r['step_s'], '.3f'), fmt(r['denoise_s'], '.3f'), fmt(r['rss_gb'], '.2f'),
-             fmt(gflop, '.1f'), fmt(gflops, '.1f'), fmt(frac, '.1f'),
-             '{} / {}'.format(*ref['step']), '{} / {}'.format(*ref['denoise']),
-             str(ref['rss_gb']), str(ref['gflop']), fmt(ref_step / r['step_s'], '.2f')]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+    lines.append([r['config'], r['allocator'], fmt(r['params_m'], '.3f'),
+                  fmt(r['compile_s'], '.1f'), fmt(r['step_s'], '.3f'), fmt(r['denoise_s'], '.3f'),
+                  fmt(r['rss_gb'], '.2f'), fmt(gflop, '.1f'), fmt(gflops, '.1f'),
+                  fmt(frac, '.1f'), '{} / {}'.format(*ref['step']),
+                  '{} / {}'.format(*ref['denoise']), str(ref['rss_gb']), str(ref['gflop']),
+                  fmt(ref_step / r['step_s'], '.2f')])
+  return markdown(head, lines)
 
 
 def run_child(cmd: list[str], label: str, env: dict) -> dict | None:
@@ -178,12 +210,29 @@ def run_child(cmd: list[str], label: str, env: dict) -> dict | None:
   return json.loads([l for l in proc.stdout.splitlines() if l.startswith('{')][-1])
 
 
-def header(rows: list[dict], repeats: int) -> str:
-  """The table's first line: date, jax, CPU, devices, repeats."""
+def child_env() -> dict:
+  """os.environ with the repository root on PYTHONPATH, for benchmark subprocesses."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
+  return env
+
+
+def config_names(parser: argparse.ArgumentParser, text: str) -> list[str]:
+  """The comma-separated config names in `text`; a parser error on an unknown one."""
+  names = [n for n in text.split(',') if n]
+  for n in names:
+    if n not in CONFIGS:
+      parser.error(f'unknown config {n!r}: use some of {",".join(CONFIGS)}')
+  return names
+
+
+def header(rows: list[dict], repeats: int, extras: tuple[str, ...] = ()) -> str:
+  """The table's first line: date, jax, `extras`, CPU, devices, repeats."""
   kinds = sorted({r['device_kind'] for r in rows})
-  return (f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {rows[0]['jax_version']} | "
-          f"{cpu_model()} ({os.cpu_count()} CPUs) | device {', '.join(kinds)} | "
-          f"median of {repeats} after {WARMUPS} warm-ups")
+  return ' | '.join([time.strftime('%Y-%m-%d %H:%M:%S'), f"jax {rows[0]['jax_version']}",
+                     *extras, f'{cpu_model()} ({os.cpu_count()} CPUs)',
+                     f"device {', '.join(kinds)}",
+                     f'median of {repeats} after {WARMUPS} warm-ups'])
 
 
 def main() -> None:
@@ -200,14 +249,9 @@ def main() -> None:
     print(json.dumps(result) if args.json else result, flush=True)
     return
 
-  names = [n for n in args.configs.split(',') if n]
-  for n in names:
-    if n not in CONFIGS:
-      parser.error(f'unknown config {n!r}: use some of {",".join(CONFIGS)}')
+  names = config_names(parser, args.configs)
   # The parent never imports jax, so it holds no accelerator memory the children need.
-  env = dict(os.environ)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
+  env = child_env()
   rows = []
   allocators = list(dict.fromkeys(args.allocators.split(',')))
   for n in names:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks.bench_model import (CONFIGS, header, run_child,  # noqa: E402
-                                    time_train_step)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.bench_model import (CONFIGS, build_model, child_env, config_names,  # noqa: E402
+                                    device_fields, fmt, header, markdown, peak_rss_gb,
+                                    run_child, time_train_step)
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -31,20 +30,9 @@ DTYPES = ('float32', 'bfloat16')
 def run_one(name: str, dtype: str, remat: bool, repeats: int) -> dict:
   """Benchmarks one variant in this process; returns the figures as a dict."""
   import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from video_diffusion import GaussianDiffusion, Unet3D
-  from video_diffusion.layers import torch_default_init
 
-  c = CONFIGS[name]
-  # Abstract build + numpy init: no XLA compilation for the initialisation.
-  unet = nnx.eval_shape(lambda: Unet3D(dim=c['dim'], dim_mults=c['dim_mults'],
-                                       channels=c['channels'], dtype=jnp.dtype(dtype),
-                                       remat=remat, rngs=nnx.Rngs(0)))
-  torch_default_init(unet, 0)
-  diffusion = GaussianDiffusion(unet, image_size=c['image_size'], num_frames=c['num_frames'],
-                                channels=c['channels'], timesteps=1000, loss_type='l2')
-  shape = (c['batch'],) + diffusion.video_shape
+  diffusion = build_model(name, compute_dtype=dtype, remat=remat)
+  shape = (CONFIGS[name]['batch'],) + diffusion.video_shape
   kb, kstep = jax.random.split(jax.random.key(0))
 
   figures = time_train_step(diffusion, shape, kb, kstep, repeats)
@@ -54,14 +42,7 @@ def run_one(name: str, dtype: str, remat: bool, repeats: int) -> dict:
   return dict(config=name, dtype=dtype, remat=remat, params_m=figures['n_params'] / 1e6,
               compile_s=figures['compile_s'], step_s=figures['step_s'], flops=figures['flops'],
               loss=figures['loss'], temp_bytes=figures['temp_bytes'],
-              device_peak_bytes=peak_device,
-              rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
-              platform=device.platform, device_kind=device.device_kind,
-              jax_version=jax.__version__)
-
-
-def fmt(v, spec: str) -> str:
-  return '-' if v is None else format(v, spec)
+              device_peak_bytes=peak_device, rss_gb=peak_rss_gb(), **device_fields())
 
 
 def table(rows: list[dict]) -> str:
@@ -70,7 +51,7 @@ def table(rows: list[dict]) -> str:
           'GFLOP/step', 'XLA temp (MB)', 'temp vs f32', 'device peak (MB)', 'peak RSS (GB)',
           'loss']
   base = {r['config']: r for r in rows if r['dtype'] == 'float32' and not r['remat']}
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  lines = []
   for r in rows:
     b = base.get(r['config'])
     speedup = None if b is None else b['step_s'] / r['step_s']
@@ -84,8 +65,8 @@ def table(rows: list[dict]) -> str:
              fmt(None if r['device_peak_bytes'] is None else r['device_peak_bytes'] / 1e6,
                  '.1f'),
              fmt(r['rss_gb'], '.2f'), fmt(r['loss'], '.4f')]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines)
+    lines.append(cells)
+  return markdown(head, lines)
 
 
 def main() -> None:
@@ -103,16 +84,12 @@ def main() -> None:
     print(json.dumps(result) if args.json else result, flush=True)
     return
 
-  names = [n for n in args.configs.split(',') if n]
+  names = config_names(parser, args.configs)
   dtypes = [d for d in args.dtypes.split(',') if d]
-  for n in names:
-    if n not in CONFIGS:
-      parser.error(f'unknown config {n!r}: use some of {",".join(CONFIGS)}')
   for d in dtypes:
     if d not in DTYPES:
       parser.error(f'unknown dtype {d!r}: use some of {",".join(DTYPES)}')
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join(p for p in (ROOT, env.get('PYTHONPATH')) if p)
+  env = child_env()
   rows = []
   for n in names:
     for dtype in dtypes:

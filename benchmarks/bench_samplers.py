@@ -22,10 +22,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_model import CONFIGS, REFERENCE, cpu_model  # noqa: E402
+from benchmarks.bench_model import (CONFIGS, REFERENCE, build_model,  # noqa: E402
+                                    config_names, cpu_model, markdown)
 from video_diffusion.allocator import active_allocator, allocator_env  # noqa: E402
-
-TIMESTEPS = 1000
 
 
 def time_sampler(diffusion_parts, sampler, batch: int, seed: int = 0) -> tuple[float, float]:
@@ -48,50 +47,63 @@ def time_sampler(diffusion_parts, sampler, batch: int, seed: int = 0) -> tuple[f
   return compile_s, run_s
 
 
+SAMPLERS = ('DDPM-1000', 'DDIM-50', 'DPM-Solver++-20')
+
+
+def make_sampler(label: str, ddpm_measured: int, full_ddpm: bool = False) -> tuple:
+  """(sampler, model calls timed) for a label of SAMPLERS; DDPM over its first
+  `ddpm_measured` steps unless `full_ddpm`."""
+  from video_diffusion import samplers
+  steps = int(label.rsplit('-', 1)[1])
+  if label.startswith('DDPM'):
+    calls = steps if full_ddpm else min(ddpm_measured, steps)
+    return samplers.DDPM(start=calls), calls
+  if label.startswith('DDIM'):
+    return samplers.DDIM(steps), steps
+  return samplers.DPMSolverPP(steps), steps
+
+
+def measure_sampler(name: str, parts, label: str, batch: int, ddpm_measured: int,
+                    full_ddpm: bool = False) -> dict:
+  """Compiles and times sampler `label` on the split diffusion `parts` of config `name`."""
+  sampler, calls = make_sampler(label, ddpm_measured, full_ddpm)
+  print(f'{name}: {label} ({calls} model calls) ...', file=sys.stderr, flush=True)
+  compile_s, run_s = time_sampler(parts, sampler, batch)
+  steps = int(label.rsplit('-', 1)[1])
+  return dict(config=name, sampler=label, steps=steps, measured_calls=calls,
+              compile_s=compile_s, per_call_s=run_s / calls, total_s=run_s / calls * steps)
+
+
 def run_config(name: str, batch: int, ddpm_measured: int, full_ddpm: bool) -> list[dict]:
   from flax import nnx
-  from video_diffusion import samplers
-  from video_diffusion.config import config_from_dict
-  from video_diffusion.factory import build_diffusion
-
-  c = CONFIGS[name]
-  cfg = config_from_dict({
-      'unet': dict(dim=c['dim'], dim_mults=list(c['dim_mults']), channels=c['channels']),
-      'diffusion': dict(image_size=c['image_size'], num_frames=c['num_frames'],
-                        channels=c['channels'], timesteps=TIMESTEPS)})
-  parts = nnx.split(build_diffusion(cfg))
-  runs = [('DDPM-1000', samplers.DDPM(), TIMESTEPS) if full_ddpm else
-          ('DDPM-1000', samplers.DDPM(start=ddpm_measured), ddpm_measured),
-          ('DDIM-50', samplers.DDIM(50), 50), ('DPM-Solver++-20', samplers.DPMSolverPP(20), 20)]
-  rows = []
-  for label, sampler, calls in runs:
-    print(f'{name}: {label} ({calls} model calls) ...', file=sys.stderr, flush=True)
-    compile_s, run_s = time_sampler(parts, sampler, batch)
-    per_call = run_s / calls
-    steps = int(label.split('-')[-1])
-    rows.append(dict(config=name, sampler=label, steps=steps, measured_calls=calls,
-                     compile_s=compile_s, per_call_s=per_call, total_s=per_call * steps))
-  return rows
+  parts = nnx.split(build_model(name))
+  return [measure_sampler(name, parts, label, batch, ddpm_measured, full_ddpm)
+          for label in SAMPLERS]
 
 
 def table(rows: list[dict], batch: int) -> str:
   head = ['config', 'sampler', 'model calls', 'compile (s)', 's / call', f'wall for {batch} videos',
           'reference s / call (glibc / jemalloc)', 'reference wall (jemalloc)', 'speed-up']
-  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  lines = []
   for r in rows:
     glibc, jemalloc = (v * batch / 4 for v in REFERENCE[r['config']]['denoise'])
     ref_total = jemalloc * 1000  # the reference can only run all 1000 steps
-    wall = _duration(r['total_s'])
-    if r['measured_calls'] != r['steps']:
-      wall += f' (from {r["measured_calls"]} steps)'
-    lines.append('| ' + ' | '.join([
+    lines.append([
         r['config'], r['sampler'], str(r['steps']), f"{r['compile_s']:.1f}",
-        f"{r['per_call_s']:.2f}", wall, f'{glibc:.1f} / {jemalloc:.1f}', _duration(ref_total),
-        f"{ref_total / r['total_s']:.0f}x"]) + ' |')
-  return '\n'.join(lines)
+        f"{r['per_call_s']:.2f}", sampling_wall(r), f'{glibc:.1f} / {jemalloc:.1f}',
+        duration(ref_total), f"{ref_total / r['total_s']:.0f}x"])
+  return markdown(head, lines)
 
 
-def _duration(seconds: float) -> str:
+def sampling_wall(row: dict) -> str:
+  """A row's wall time to samples, marked when scaled from fewer measured steps."""
+  wall = duration(row['total_s'])
+  if row['measured_calls'] != row['steps']:
+    wall += f" (from {row['measured_calls']} steps)"
+  return wall
+
+
+def duration(seconds: float) -> str:
   if seconds >= 3600:
     return f'{seconds / 3600:.1f} h'
   if seconds >= 60:
@@ -113,9 +125,7 @@ def main() -> None:
       env['BENCH_SAMPLERS_MALLOC'] = '1'
       os.execve(sys.executable, [sys.executable] + sys.argv, env)
   rows = []
-  for name in args.configs.split(','):
-    if name not in CONFIGS:
-      parser.error(f'unknown config {name!r}: use some of {",".join(CONFIGS)}')
+  for name in config_names(parser, args.configs):
     rows += run_config(name, args.batch, args.ddpm_steps_measured, args.full_ddpm)
   import jax
   print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {jax.__version__} | {cpu_model()} "

@@ -91,7 +91,36 @@ def main() -> None:
         'devices': len(jax.tree.leaves(restored.params)[0].sharding.device_set),
         'fsdp_leaves': sum(sharding.FSDP in str(leaf.sharding.spec)
                            for leaf in jax.tree.leaves(restored.params))}
+  report['sampling'] = sample_on_meshes(cfg, graphdef, constants, ref_state.params)
   print(json.dumps(report))
+
+
+def sample_on_meshes(cfg, graphdef, constants, params) -> dict:
+  """DDIM samples of 8 videos on 1 device and on 8x1 / 4x2 meshes, and of 3 on
+  8 devices (padded to 8); the compiled sampler's per-device scratch memory."""
+  from video_diffusion.samplers import DDIM
+  from video_diffusion.sampling import make_sampler
+  key = jax.random.key(1)
+
+  def run(data, fsdp, batch):
+    mesh = sharding.make_mesh(data, fsdp, jax.devices()[:data * fsdp])
+    sample = make_sampler(graphdef, constants, batch, sampler=DDIM(3, 0.0), mesh=mesh)
+    videos = sample(params, key)
+    placed = jax.device_put(params, sharding.tree_shardings(params, mesh))
+    key_data = jax.device_put(jax.random.key_data(key), sharding.replicated(mesh))
+    temp = sample.compiled.lower(placed, key_data, None, None, None).compile() \
+        .memory_analysis().temp_size_in_bytes
+    return videos, sample.padded_batch, temp
+
+  ref, _, ref_temp = run(1, 1, 8)
+  report = {'shape': list(ref.shape), 'ref_temp': ref_temp, 'std': float(ref.std())}
+  for data, fsdp in [(8, 1), (4, 2)]:
+    videos, padded, temp = run(data, fsdp, 8)
+    report[f'{data}x{fsdp}'] = {'diff': float(np.max(np.abs(videos - ref))), 'temp': temp}
+  videos, padded, _ = run(8, 1, 3)
+  report['3_on_8'] = {'shape': list(videos.shape), 'padded': padded,
+                      'diff': float(np.max(np.abs(videos - ref[:3])))}
+  return report
 
 
 if __name__ == '__main__':

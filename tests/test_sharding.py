@@ -69,3 +69,19 @@ def test_checkpoints_restore_on_another_mesh(eight_devices, direction, devices, 
   assert r['diff'] == 0.0
   assert r['devices'] == devices
   assert (r['fsdp_leaves'] > 0) == fsdp_leaves
+
+
+@pytest.mark.parametrize('mesh', ['8x1', '4x2'])
+def test_sampling_is_split_over_the_devices(eight_devices, mesh):
+  """Same videos as one device (float32 reduction order: within 1e-4), and each
+  device holds about an eighth of the sampler's scratch memory."""
+  r = eight_devices['sampling']
+  assert r['shape'] == [8, 3, 8, 8, 1] and r['std'] > 0.05
+  assert r[mesh]['diff'] < 1e-4
+  assert r[mesh]['temp'] < 0.4 * r['ref_temp']
+
+
+def test_a_sampling_batch_that_does_not_split_is_padded(eight_devices):
+  r = eight_devices['sampling']['3_on_8']
+  assert r['shape'] == [3, 3, 8, 8, 1] and r['padded'] == 8
+  assert r['diff'] < 1e-4

@@ -1,4 +1,4 @@
-"""Command line: `video-diffusion train|sample` (also `python train.py`, `python sample.py`).
+"""Command line: `video-diffusion train|sample|eval` (also `python train.py`, `python sample.py`).
 
 Errors in the user's input (config, data, checkpoints) end with one line
 `error: ...` naming the problem and the fix, exit status 2, and no traceback.
@@ -115,6 +115,43 @@ def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
   return parser
 
 
+def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog=prog, description='FVD (I3D Kinetics-400 features) of a checkpoint\'s samples against '
+      'held-out real videos of the configured dataset, with the real-vs-real FVD of two '
+      'disjoint real sets; writes a JSON file and prints one line.')
+  parser.add_argument('--checkpoint-path', default=None, metavar='DIR',
+                      help='checkpoint folder of a run (default: the config\'s).')
+  parser.add_argument('--step', type=int, default=-1, metavar='N',
+                      help='training step of the checkpoint; -1 = the newest (default).')
+  parser.add_argument('--config', default=DEFAULT_CONFIG,
+                      help=f'YAML config of the model (default: {DEFAULT_CONFIG}).')
+  parser.add_argument('--load-ema-params', action='store_true',
+                      help='evaluate the EMA weights instead of the raw weights.')
+  parser.add_argument('--num-videos', type=int, default=256, metavar='N',
+                      help='generated videos, and real videos per real set (default: 256).')
+  parser.add_argument('--batch-size', type=int, default=16, metavar='N',
+                      help='videos per sampling call (default: 16).')
+  parser.add_argument('--sampler', choices=('ddpm', 'ddim', 'dpmpp'), default='ddpm',
+                      help='sampler of the generated videos (default: ddpm).')
+  parser.add_argument('--steps', type=int, default=None, metavar='N',
+                      help='model calls per video (default: all timesteps for ddpm, 50 for '
+                           'ddim, 20 for dpmpp).')
+  parser.add_argument('--eta', type=float, default=0.0, help='DDIM noise (default: 0).')
+  parser.add_argument('--cond-scale', type=float, default=None, metavar='W',
+                      help='classifier-free guidance scale (default: trainer.cond_scale).')
+  parser.add_argument('--seed', type=int, default=0, metavar='N',
+                      help='seed of the sampling noise and the real videos\' windows.')
+  parser.add_argument('--real-path', default=None, metavar='PATH',
+                      help='real videos from this dataset (.npy or folder) instead of '
+                           'trainer.dataset_path.')
+  parser.add_argument('--output', default=None, metavar='FILE.json',
+                      help='result file (default: <results_folder>/eval/'
+                           'fvd-step<N>-<sampler><steps>[-ema].json).')
+  _add_common(parser)
+  return parser
+
+
 def _use_allocator(name: str) -> None:
   """Re-executes this command with a faster malloc preloaded, once."""
   if name == 'glibc' or os.environ.get(_REEXEC_MARK) or not _STANDALONE:
@@ -176,31 +213,10 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
-  from video_diffusion.config import ConfigError, load_config, resolved_checkpoint_dir
   if args.batch_size < 1:
     _fail(f'--batch-size must be >= 1, got {args.batch_size}')
-  try:
-    cfg = load_config(args.config, args.overrides)
-  except ConfigError as e:
-    _fail(str(e))
-  checkpoint_dir = args.checkpoint_path or resolved_checkpoint_dir(cfg)
-  if not os.path.isdir(checkpoint_dir):
-    _fail(f'--checkpoint-path {checkpoint_dir} is not a folder; pass the checkpoint folder of a '
-          'training run (trainer.checkpoint_dir_path, or <results_folder>/checkpoints)')
-  _use_allocator(args.malloc)
-  _use_compilation_cache()
+  cfg, checkpoint_dir, step = _load_checked(args)
   from video_diffusion import sampling
-  from video_diffusion.checkpoint import Checkpointer, CheckpointNotFoundError, model_mismatch
-  from video_diffusion.config import config_to_dict
-  try:
-    with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
-      step = ckpt.resolve_step(args.step)
-      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
-  except CheckpointNotFoundError as e:
-    _fail(str(e))
-  if mismatch:
-    _fail(f'--config {args.config} does not describe the model of step {step}: {mismatch}; '
-          'pass the config the run was trained with')
   request = _sample_request(cfg, args)
   try:
     videos, step = sampling.sample_checkpoint(cfg, checkpoint_dir, step=step,
@@ -213,6 +229,64 @@ def run_sample(args: argparse.Namespace) -> None:
   weights = 'EMA' if args.load_ema_params else 'raw'
   print(f'wrote {len(paths) - 1} videos and grid.gif of step {step} ({weights} weights) '
         f'to {os.path.abspath(output)}')
+
+
+def _load_checked(args: argparse.Namespace):
+  """(cfg, checkpoint_dir, step) of sample/eval flags; exits when the config,
+  folder or step is wrong or the config does not describe the checkpoint's model."""
+  from video_diffusion.config import ConfigError, load_config, resolved_checkpoint_dir
+  try:
+    cfg = load_config(args.config, args.overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  checkpoint_dir = args.checkpoint_path or resolved_checkpoint_dir(cfg)
+  if not os.path.isdir(checkpoint_dir):
+    _fail(f'--checkpoint-path {checkpoint_dir} is not a folder; pass the checkpoint folder of a '
+          'training run (trainer.checkpoint_dir_path, or <results_folder>/checkpoints)')
+  _use_allocator(args.malloc)
+  _use_compilation_cache()
+  from video_diffusion.checkpoint import Checkpointer, CheckpointNotFoundError, model_mismatch
+  from video_diffusion.config import config_to_dict
+  try:
+    with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
+      step = ckpt.resolve_step(args.step)
+      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
+  except CheckpointNotFoundError as e:
+    _fail(str(e))
+  if mismatch:
+    _fail(f'--config {args.config} does not describe the model of step {step}: {mismatch}; '
+          'pass the config the run was trained with')
+  return cfg, checkpoint_dir, step
+
+
+def run_eval(args: argparse.Namespace) -> None:
+  for flag, value, low in (('--num-videos', args.num_videos, 2), ('--batch-size', args.batch_size, 1)):
+    if value < low:
+      _fail(f'{flag} must be >= {low}, got {value}')
+  cfg, checkpoint_dir, step = _load_checked(args)
+  import json
+  from video_diffusion import evaluate, samplers
+  from video_diffusion.data import DataError
+  try:
+    sampler = samplers.get_sampler(args.sampler, cfg.diffusion.timesteps, args.steps, args.eta)
+    calls = len(sampler.timesteps(cfg.diffusion.timesteps)) - 1
+    eval_dir = os.path.join(cfg.trainer.results_folder, 'eval')
+    result = evaluate.evaluate_checkpoint(
+        cfg, checkpoint_dir, step=step, ema=args.load_ema_params, sampler=sampler,
+        sampler_name=args.sampler, num_videos=args.num_videos, batch_size=args.batch_size,
+        seed=args.seed, cond_scale=args.cond_scale, dataset_path=args.real_path,
+        cache_dir=eval_dir)
+  except (ValueError, DataError) as e:  # EvalError, sampler, condition, dataset
+    _fail(str(e))
+  weights = 'ema' if args.load_ema_params else 'raw'
+  output = args.output or os.path.join(
+      eval_dir, f'fvd-step{step}-{args.sampler}{calls}{"-ema" if args.load_ema_params else ""}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  print(f'FVD {result["fvd"]:.2f} (real vs real {result["fvd_real_vs_real"]:.2f}) on '
+        f'{args.num_videos} videos: step {step}, {weights} weights, {args.sampler}-{calls}; '
+        f'{os.path.abspath(output)}')
 
 
 def _sample_request(cfg, args: argparse.Namespace) -> dict:
@@ -251,17 +325,18 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
               num_cond_frames=k if not args.interpolate else None)
 
 
-COMMANDS = {'train': (train_parser, run_train), 'sample': (sample_parser, run_sample)}
+COMMANDS = {'train': (train_parser, run_train), 'sample': (sample_parser, run_sample),
+            'eval': (eval_parser, run_eval)}
 
 
 def main(argv: list[str] | None = None) -> None:
-  """`video-diffusion {train,sample} ...`."""
+  """`video-diffusion {train,sample,eval} ...`."""
   global _STANDALONE
   _STANDALONE = argv is None
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(prog='video-diffusion',
-                                   description='Video diffusion in JAX: train and sample.')
-  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample}')
+                                   description='Video diffusion in JAX: train, sample and evaluate.')
+  sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,eval}')
   for name, (make, _) in COMMANDS.items():
     make_sub = make()
     sub.add_parser(name, parents=[make_sub], add_help=False, help=make_sub.description,

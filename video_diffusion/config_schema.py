@@ -119,6 +119,16 @@ class TrainerConfig:
                                      'null = no clipping.', _positive)
   save_and_sample_every: int = _key(1000, 'Steps between sample GIFs written to results_folder.',
                                     _positive)
+  eval_every: int | None = _key(None, 'Steps between FVD evaluations of the EMA weights during '
+                                'training (logged as fvd to metrics.jsonl and TensorBoard); '
+                                'null = none.', _positive)
+  eval_num_videos: int = _key(64, 'Generated and held-out real videos per training-time FVD.',
+                              _rule(lambda v: v >= 2, '>= 2'))
+  eval_sampler: str = _key('ddim', "Sampler of training-time FVD: 'ddpm', 'ddim' or 'dpmpp'.",
+                           _one_of('ddpm', 'ddim', 'dpmpp'))
+  eval_steps: int | None = _key(None, 'Model calls per video of eval_sampler; null = its '
+                                'default (all timesteps for ddpm, 50 for ddim, 20 for dpmpp).',
+                                _positive)
   results_folder: str = _key('./results', 'Folder of samples, loss plots and (by default) '
                              'checkpoints.')
   num_sample_rows: int = _key(4, 'Samples are a num_sample_rows^2 grid.', _positive)

@@ -26,6 +26,8 @@ def format_duration(seconds: float) -> str:
 class ProgressBar:
   """`step 120/1500 [####------] 8% | loss 0.0532 | 2.31 steps/s | ETA 9:57`.
 
+  `unit` replaces "step" (e.g. 'video'), and `label` starts the line ("label: ...").
+
   The rate is an exponential moving average (time constant 30 s) over the steps since the
   first update; the first update only starts the clock, so the duration up to it (startup,
   compilation) is never counted. On a TTY the line is redrawn with '\\r' at most every
@@ -34,8 +36,9 @@ class ProgressBar:
   """
 
   def __init__(self, total: int, initial: int = 0, stream=sys.stderr, min_interval: float = 0.5,
-               *, width: int = 20, clock=time.monotonic):
+               *, width: int = 20, clock=time.monotonic, unit: str = 'step', label: str = ''):
     self.total, self.step, self.stream = int(total), int(initial), stream
+    self.unit, self.label = unit, label
     self.min_interval, self.width, self._clock = min_interval, width, clock
     try:
       self._tty = bool(stream.isatty())
@@ -82,14 +85,15 @@ class ProgressBar:
     """The current progress line."""
     frac = min(max(self.step / self.total, 0.0), 1.0) if self.total > 0 else 1.0
     filled = int(frac * self.width)
-    parts = [f'step {self.step}/{self.total} [{"#" * filled}{"-" * (self.width - filled)}] '
-             f'{int(frac * 100)}%']
+    prefix = f'{self.label}: ' if self.label else ''
+    parts = [f'{prefix}{self.unit} {self.step}/{self.total} '
+             f'[{"#" * filled}{"-" * (self.width - filled)}] {int(frac * 100)}%']
     parts += [f'{name} {format_number(value)}' for name, value in self.metrics.items()]
     rate = self.rate
     if rate is None:
-      parts += ['? steps/s', 'ETA ?']
+      parts += [f'? {self.unit}s/s', 'ETA ?']
     else:
-      parts += [f'{format_number(rate)} steps/s',
+      parts += [f'{format_number(rate)} {self.unit}s/s',
                 f'ETA {format_duration(max(self.total - self.step, 0) / rate)}']
     return ' | '.join(parts)
 

@@ -213,15 +213,18 @@ def make_denoiser(diffusion, *, cond=None, cond_scale: float = 1.0, known=None,
 
 def sample(diffusion, sampler: Sampler, key: jax.Array, shape, *, cond=None,
            cond_scale: float = 1.0, known=None, frame_mask=None, recon_guidance: float = 0.0,
-           clip_denoised: bool = True) -> jax.Array:
+           clip_denoised: bool = True, sharding=None) -> jax.Array:
   """Videos of `shape` (batch, frames, h, w, c) in [0, 1] from pure noise.
 
   known: (batch, frames, h, w, c) in [0, 1] with frame_mask (batch, frames)
   True at the frames to keep (prediction, interpolation, extension); those
-  frames come back exactly as given.
+  frames come back exactly as given. sharding: how to lay the videos out over
+  devices (under jit), e.g. sharding.batch_sharding(mesh).
   """
   noise_key, loop_key = jax.random.split(key)
   x = jax.random.normal(noise_key, shape)
+  if sharding is not None:
+    x = jax.lax.with_sharding_constraint(x, sharding)
   if known is not None:
     if frame_mask is None:
       raise ValueError('known frames need a frame_mask (batch, frames) saying which are known')

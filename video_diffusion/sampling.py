@@ -13,8 +13,9 @@ from typing import Callable
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from video_diffusion import video_io
+from video_diffusion import distributed, sharding, video_io
 from video_diffusion.samplers import Sampler
 
 
@@ -24,18 +25,47 @@ class SamplingError(ValueError):
 
 def make_sampler(graphdef: nnx.GraphDef, constants, batch_size: int, *,
                  sampler: Sampler | None = None, cond_scale: float = 1.0,
-                 recon_guidance: float = 0.0) -> Callable[..., jax.Array]:
-  """A jitted `sample(params, key, cond=None, known=None, frame_mask=None)` ->
+                 recon_guidance: float = 0.0, mesh: Mesh | None = None
+                 ) -> Callable[..., np.ndarray]:
+  """A `sample(params, key, cond=None, known=None, frame_mask=None)` -> numpy
   (batch_size, f, h, w, c) videos in [0, 1]; known (in [0, 1]) and frame_mask
-  (batch, frames) give frames to keep (see samplers.sample)."""
+  (batch, frames) give frames to keep (see samplers.sample).
 
-  def sample(params, key, cond=None, known=None, frame_mask=None):
+  The compiled sampler runs over `mesh` (default: all devices on the data
+  axis): the videos are split over the devices, and the params follow the
+  training's fsdp rule. A batch that does not split is padded to the next
+  multiple of the device count and the extra videos dropped; the padded
+  batch size is `sample.padded_batch`.
+  """
+  mesh = mesh or sharding.make_mesh()
+  padded = -(-batch_size // mesh.size) * mesh.size
+  videos_sharding = sharding.batch_sharding(mesh)
+
+  def run(params, key_data, cond, known, frame_mask):
     model = nnx.merge(graphdef, params, constants)
-    return model.sample(key, batch_size=batch_size, cond=cond, cond_scale=cond_scale,
+    return model.sample(jax.random.wrap_key_data(key_data), batch_size=padded, cond=cond, cond_scale=cond_scale,
                         sampler=sampler, known=known, frame_mask=frame_mask,
-                        recon_guidance=recon_guidance)
+                        recon_guidance=recon_guidance, sharding=videos_sharding)
 
-  return jax.jit(sample)
+  compiled = jax.jit(run, out_shardings=videos_sharding)
+
+  def to_mesh(array):
+    """A per-video array, padded by repeating its last row, split over the mesh."""
+    if array is None:
+      return None
+    array = np.asarray(array)
+    pad = np.repeat(array[-1:], padded - len(array), axis=0)
+    return sharding.global_array(np.concatenate([array, pad]), videos_sharding)
+
+  def sample(params, key, cond=None, known=None, frame_mask=None) -> np.ndarray:
+    params = jax.device_put(params, sharding.tree_shardings(params, mesh))
+    key_data = sharding.global_array(jax.random.key_data(key), sharding.replicated(mesh))
+    videos = compiled(params, key_data, to_mesh(cond), to_mesh(known), to_mesh(frame_mask))
+    return distributed.fetch(videos)[:batch_size]
+
+  sample.padded_batch = padded
+  sample.compiled = compiled  # the jitted (params, key_data, cond, known, frame_mask) function
+  return sample
 
 
 def _place(frames: np.ndarray, positions: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +175,13 @@ def load_params(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool 
   return graphdef, params, constants, step
 
 
+def sampling_mesh(cfg) -> Mesh:
+  """All devices, videos split over them; params over the training's fsdp size
+  where it divides the devices here, else replicated."""
+  fsdp = cfg.trainer.mesh_fsdp or cfg.trainer.num_model_shards
+  return sharding.make_mesh(-1, fsdp if jax.device_count() % fsdp == 0 else 1)
+
+
 def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool = False,
                       seed: int = 0, batch_size: int = 16, sampler: Sampler | None = None,
                       cond=None, cond_scale: float | None = None, recon_guidance: float = 0.0,
@@ -154,7 +191,7 @@ def sample_checkpoint(cfg, checkpoint_dir: str, *, step: int | None = None, ema:
   graphdef, params, constants, step = load_params(cfg, checkpoint_dir, step=step, ema=ema)
   scale = cfg.trainer.cond_scale if cond_scale is None else cond_scale
   sample_fn = make_sampler(graphdef, constants, batch_size, sampler=sampler, cond_scale=scale,
-                           recon_guidance=recon_guidance)
+                           recon_guidance=recon_guidance, mesh=sampling_mesh(cfg))
   videos = generate(sample_fn, params, jax.random.key(seed), video_shape(cfg), batch_size,
                     cond=cond, **generate_kwargs)
   return videos, step

@@ -105,6 +105,12 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P((DATA, FSDP)))
 
 
+def global_array(value: np.ndarray, array_sharding: NamedSharding) -> jax.Array:
+  """A global array from a value every process holds whole."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, array_sharding, lambda index: value[index])
+
+
 def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
   """One global array from this process's share of a batch (its rows, in order)."""
   return jax.make_array_from_process_local_data(batch_sharding(mesh), np.asarray(local))

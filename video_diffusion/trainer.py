@@ -128,6 +128,14 @@ class _Run:
         in_shardings=(self.state_shardings, batch_sharding, batch_sharding if has_cond else None),
         out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
     self.sampler = None
+    self.evaluator = None
+    if t.eval_every:
+      from video_diffusion.evaluate import TrainingEvaluator
+      try:
+        self.evaluator = TrainingEvaluator(cfg, self.graphdef, self.constants, mesh=self.mesh,
+                                           is_main=self.is_main, text_encoder=self.text_encoder)
+      except ValueError as e:  # EvalError, DataError, a sampler that does not fit
+        raise TrainingError(f'trainer.eval_every: {e}') from None
     if self.is_main:
       dump_config(cfg, os.path.join(self.results_folder, 'config.yaml'))
 
@@ -160,9 +168,9 @@ class _Run:
     rows = self.cfg.trainer.num_sample_rows
     if self.sampler is None:
       self.sampler = make_sampler(self.graphdef, self.constants, rows * rows,
-                                  cond_scale=self.cfg.trainer.cond_scale)
+                                  cond_scale=self.cfg.trainer.cond_scale, mesh=self.mesh)
     key = jax.random.fold_in(jax.random.key(self.cfg.trainer.seed), self.step)
-    videos = distributed.fetch(self.sampler(self.state.ema_params, key, self.sample_cond))
+    videos = self.sampler(self.state.ema_params, key, self.sample_cond)
     if not self.is_main:
       return ''
     path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
@@ -205,9 +213,13 @@ def train(cfg: Config, *, resume_step: int | None = None, process_index: int | N
       run.step += 1
       run.data_state = data_lib.iterator_state(run.batches)
       loss = float(metrics['loss'])
-      logger.log(run.step, {'loss': loss, 'lr': float(metrics['lr']),
-                            'grad_norm': float(metrics['grad_norm']),
-                            'step_time': time.perf_counter() - tick})
+      logged = {'loss': loss, 'lr': float(metrics['lr']),
+                'grad_norm': float(metrics['grad_norm']), 'step_time': time.perf_counter() - tick}
+      if run.evaluator is not None and run.step % t.eval_every == 0:
+        fvd = run.evaluator(run.state.ema_params, run.step)  # every process samples
+        if fvd is not None:
+          logged['fvd'] = fvd
+      logger.log(run.step, logged)
       if bar is not None:
         bar.update(run.step, loss=loss)
       if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:
