@@ -260,7 +260,8 @@ def _load_checked(args: argparse.Namespace):
 
 
 def run_eval(args: argparse.Namespace) -> None:
-  for flag, value, low in (('--num-videos', args.num_videos, 2), ('--batch-size', args.batch_size, 1)):
+  for flag, value, low in (('--num-videos', args.num_videos, 2),
+                           ('--batch-size', args.batch_size, 1)):
     if value < low:
       _fail(f'{flag} must be >= {low}, got {value}')
   cfg, checkpoint_dir, step = _load_checked(args)
@@ -269,7 +270,6 @@ def run_eval(args: argparse.Namespace) -> None:
   from video_diffusion.data import DataError
   try:
     sampler = samplers.get_sampler(args.sampler, cfg.diffusion.timesteps, args.steps, args.eta)
-    calls = len(sampler.timesteps(cfg.diffusion.timesteps)) - 1
     eval_dir = os.path.join(cfg.trainer.results_folder, 'eval')
     result = evaluate.evaluate_checkpoint(
         cfg, checkpoint_dir, step=step, ema=args.load_ema_params, sampler=sampler,
@@ -278,9 +278,10 @@ def run_eval(args: argparse.Namespace) -> None:
         cache_dir=eval_dir)
   except (ValueError, DataError) as e:  # EvalError, sampler, condition, dataset
     _fail(str(e))
-  weights = 'ema' if args.load_ema_params else 'raw'
-  output = args.output or os.path.join(
-      eval_dir, f'fvd-step{step}-{args.sampler}{calls}{"-ema" if args.load_ema_params else ""}.json')
+  weights, calls = result['weights'], result['model_calls']
+  suffix = '-ema' if args.load_ema_params else ''
+  output = args.output or os.path.join(eval_dir,
+                                       f'fvd-step{step}-{args.sampler}{calls}{suffix}.json')
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
   _STANDALONE = argv is None
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(prog='video-diffusion',
-                                   description='Video diffusion in JAX: train, sample and evaluate.')
+                                   description='Video diffusion in JAX: train, sample, '
+                                   'evaluate.')
   sub = parser.add_subparsers(dest='command', required=True, metavar='{train,sample,eval}')
   for name, (make, _) in COMMANDS.items():
     make_sub = make()

@@ -43,8 +43,8 @@ def make_sampler(graphdef: nnx.GraphDef, constants, batch_size: int, *,
 
   def run(params, key_data, cond, known, frame_mask):
     model = nnx.merge(graphdef, params, constants)
-    return model.sample(jax.random.wrap_key_data(key_data), batch_size=padded, cond=cond, cond_scale=cond_scale,
-                        sampler=sampler, known=known, frame_mask=frame_mask,
+    return model.sample(jax.random.wrap_key_data(key_data), batch_size=padded, cond=cond,
+                        cond_scale=cond_scale, sampler=sampler, known=known, frame_mask=frame_mask,
                         recon_guidance=recon_guidance, sharding=videos_sharding)
 
   compiled = jax.jit(run, out_shardings=videos_sharding)
