@@ -13,12 +13,25 @@ nothing is cast, so the numerics are those of a plain float32 model.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+
+def scoped(name: str):
+  """Decorator: runs a method under jax.named_scope(name), so that profiles and
+  HLO dumps attribute its operations (forward and backward) to `name`."""
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      with jax.named_scope(name):
+        return fn(*args, **kwargs)
+    return wrapper
+  return decorate
 
 
 def _over_frames(fn, x: jax.Array) -> jax.Array:
@@ -69,6 +82,7 @@ class SpatialConv(nnx.Module):
                          padding=((padding, padding), (padding, padding)),
                          use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
+  @scoped('conv')
   def __call__(self, x: jax.Array) -> jax.Array:
     return _over_frames(self.conv, x)
 
@@ -101,6 +115,7 @@ class Upsample(nnx.Module):
     phases = [padded[taps[py]][:, taps[px]] for py in range(2) for px in range(2)]
     return jnp.concatenate(phases, axis=-1)
 
+  @scoped('upsample_conv')
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.phase_kernel().astype(self.dtype)
     bias = self.bias[...].astype(self.dtype)
@@ -129,6 +144,7 @@ class ChannelLayerNorm(nnx.Module):
     self.eps = eps
     self.gamma = nnx.Param(jnp.ones((dim,)))
 
+  @scoped('layer_norm')
   def __call__(self, x: jax.Array) -> jax.Array:
     """Computes in float32; returns x's dtype."""
     dtype, x = x.dtype, x.astype(jnp.float32)
@@ -144,6 +160,7 @@ class RMSNorm(nnx.Module):
     self.scale = dim ** 0.5
     self.gamma = nnx.Param(jnp.ones((dim,)))
 
+  @scoped('rms_norm')
   def __call__(self, x: jax.Array) -> jax.Array:
     """Computes in float32; returns x's dtype."""
     dtype, x = x.dtype, x.astype(jnp.float32)
@@ -184,10 +201,12 @@ class ResnetBlock(nnx.Module):
     if self.mlp is not None:
       if time_emb is None:
         raise ValueError('ResnetBlock with time_emb_dim needs a time embedding.')
-      emb = self.mlp(jax.nn.silu(time_emb))[:, None, None, None, :]
+      with jax.named_scope('time_mlp'):
+        emb = self.mlp(jax.nn.silu(time_emb))[:, None, None, None, :]
       scale_shift = jnp.split(emb, 2, axis=-1)
     h = self.block2(self.block1(x, scale_shift))
-    return h + (self.res_conv(x) if self.res_conv is not None else x)
+    with jax.named_scope('res_conv'):
+      return h + (self.res_conv(x) if self.res_conv is not None else x)
 
 
 def sinusoidal_embedding(time: jax.Array, dim: int) -> jax.Array:
