@@ -2,8 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+# The PyTorch original, for benchmarks/bench.py's reference columns only.
+REF_VENV := .venv-reference
 
-.PHONY: setup demo demo-fvd test bench fixtures
+.PHONY: setup demo demo-fvd test bench profile fixtures
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +30,21 @@ demo-fvd: setup
 test: setup
 	$(PY) -m pytest
 
-# Train-step and sampling table; adds the reference's columns when torch==2.13.0 and
-# video-diffusion-pytorch==0.7.0 are installed (see benchmarks/bench.py).
-bench: setup
+$(REF_VENV)/.installed:
+	$(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install --quiet torch==2.13.0 einops==0.8.2 einops-exts==0.0.4 \
+	  rotary-embedding-torch==0.9.1 tqdm==4.70.1 numpy==2.4.6 pillow==13.0.0
+	$(REF_VENV)/bin/python -m pip install --quiet --no-deps video-diffusion-pytorch==0.7.0
+	touch $@
+
+# Ours against the PyTorch original, alternating in one run (see benchmarks/bench.py);
+# the original's best setting needs jemalloc (apt-get install libjemalloc2).
+bench: setup $(REF_VENV)/.installed
 	$(PY) benchmarks/bench.py
+
+# Per-operation time of the train step (docs/performance.md).
+profile: setup
+	$(PY) benchmarks/profile_step.py
 
 # Needs torch==2.13.0 and video-diffusion-pytorch==0.7.0 (see tools/make_parity_fixtures.py).
 fixtures:

@@ -7,12 +7,14 @@ pulls a multi-GB CUDA build):
   pip install --no-deps video-diffusion-pytorch==0.7.0
 
   python benchmarks/reference.py --one tiny --measure train [--repeats 5]
+  python benchmarks/reference.py --one tiny --measure denoise [--batch 4]
   python benchmarks/reference.py --one tiny --measure DDPM-1000 [--batch 4]
                                  [--ddpm-steps-measured 10]
 
 Prints one JSON line. train: loss.backward() + torch.optim.Adam step on
 GaussianDiffusion(Unet3D) with bench_model's shapes (timesteps 1000, l2 loss),
-median of --repeats after bench_model.WARMUPS. DDPM-1000: the reference's only
+median of --repeats after bench_model.WARMUPS. denoise: one Unet3D call on --batch
+videos, likewise. DDPM-1000: the reference's only
 sampler, ancestral over all 1000 timesteps, one Python-dispatched denoiser
 call per step; its p_sample_loop is timed over its first --ddpm-steps-measured
 steps (after one warm-up step) and scaled to 1000. bench.py runs this module
@@ -39,7 +41,7 @@ MODULES = ('torch', 'video_diffusion_pytorch', 'einops', 'einops_exts',
            'rotary_embedding_torch', 'tqdm')
 INSTALL = ('pip install torch==2.13.0 einops einops-exts rotary-embedding-torch tqdm && '
            'pip install --no-deps video-diffusion-pytorch==0.7.0')
-MEASURES = ('train', 'DDPM-1000')
+MEASURES = ('train', 'denoise', 'DDPM-1000')
 TIMESTEPS = 1000
 
 
@@ -90,6 +92,20 @@ def time_train_step(name: str, repeats: int) -> dict:
   return dict(params_m=params_m, time_s=median_time(train_step, repeats), loss=losses[-1])
 
 
+def time_denoise(name: str, batch: int, repeats: int) -> dict:
+  """Median seconds of one denoiser call (the Unet3D at `batch` videos, no grad)."""
+  torch, diffusion = build_reference(name)
+  c = CONFIGS[name]
+  x = torch.randn(batch, c['channels'], c['num_frames'], c['image_size'], c['image_size'])
+  t = torch.randint(0, TIMESTEPS, (batch,))
+
+  def call():
+    with torch.inference_mode():
+      diffusion.denoise_fn(x, t)
+
+  return dict(time_s=median_time(call, repeats), batch=batch)
+
+
 def time_ddpm(name: str, batch: int, steps_measured: int) -> dict:
   """The reference's p_sample_loop over its first `steps_measured` steps, scaled to 1000."""
   torch, diffusion = build_reference(name)
@@ -112,6 +128,8 @@ def measure(name: str, what: str, repeats: int, batch: int, steps_measured: int)
   """One JSON row: the figures of `what` (a MEASURES entry) for config `name`."""
   if what == 'train':
     row = time_train_step(name, repeats)
+  elif what == 'denoise':
+    row = time_denoise(name, batch, repeats)
   else:
     row = time_ddpm(name, batch, steps_measured)
   import torch

@@ -53,3 +53,21 @@ def test_startup_line_names_backend_devices_and_malloc(monkeypatch, tmp_path):
   (tmp_path / 'nvidia0').write_bytes(b'')
   warning = runtime_info.startup_lines()[1]
   assert 'NVIDIA GPU' in warning and "pip install -e '.[cuda12]'" in warning
+
+
+def test_xla_options_are_added_once_and_never_override_the_user():
+  from video_diffusion import xla_options
+  option = xla_options.CPU_OPTIONS[0]
+  assert xla_options.with_options('') == option
+  assert xla_options.with_options('--a=1') == f'--a=1 {option}'
+  assert xla_options.with_options(option) == option
+  name = option.split('=')[0]
+  assert xla_options.with_options(f'{name}=') == f'{name}='
+
+
+def test_importing_the_package_set_the_xla_options():
+  import os
+
+  from video_diffusion import xla_options
+  for option in xla_options.CPU_OPTIONS:
+    assert option in os.environ['XLA_FLAGS']

@@ -2,10 +2,15 @@
 
 Arrays are channels-last: videos are (batch, frames, height, width, channels).
 The model classes are imported on first use, so light modules (the allocator
-helper, the checkpoint reader) load without JAX.
+helper, the checkpoint reader) load without JAX. Importing the package sets
+the XLA options of `xla_options` (before JAX starts a backend).
 """
 
 import importlib
+
+from video_diffusion import xla_options
+
+xla_options.apply()
 
 __all__ = ['GaussianDiffusion', 'Unet3D']
 __version__ = '0.1.0'
