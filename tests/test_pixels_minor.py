@@ -40,7 +40,7 @@ def test_rotate_frames_equals_the_rotary_embedding_along_frames():
 @pytest.mark.parametrize('focus', [None, 'mixed'])
 def test_temporal_attention_layouts_agree_with_gradients(focus):
   layer = TemporalAttention(8, heads=2, dim_head=16, rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(2), (2, 4, 3, 3, 8))  # 9 pixels >= 8 channels
+  x = jax.random.normal(jax.random.key(2), (2, 4, 3, 3, 8))  # (b, f, h, w, c)
   pos_bias = jax.random.normal(jax.random.key(3), (2, 4, 4))
   mask = None if focus is None else jnp.array([True, False])
   graphdef, state = nnx.split(layer)
