@@ -30,8 +30,9 @@ import statistics
 import sys
 import time
 
-from bench_model import (CONFIGS, ROOT, WARMUPS, build_model, child_env, config_names, fmt,
-                         header, markdown, median_time, peak_rss_gb, run_child, time_train_step)
+from bench_model import (CONFIGS, ROOT, WARMUPS, build_model, child_env, config_names,
+                         device_fields, fmt, header, markdown, median_time, peak_rss_gb,
+                         run_child, time_train_step)
 from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
 import reference
@@ -39,13 +40,6 @@ from video_diffusion.allocator import JEMALLOC_CONF, active_allocator, allocator
 
 REFERENCE_VENV_PYTHON = os.path.join(ROOT, '.venv-reference', 'bin', 'python')
 PEAK_SIZE = 4096
-
-
-def device_fields() -> dict:
-  import jax
-  device = jax.devices()[0]
-  return dict(platform=device.platform, device_kind=device.device_kind,
-              jax_version=jax.__version__)
 
 
 def measure_peak() -> dict:
