@@ -142,8 +142,8 @@ class TemporalAttention(nnx.Module):
     attn, dtype = self.attn, self.attn.dtype
     tokens = pixels_minor.to_pixels_minor(x.reshape(b * f, h * w, c))
     with jax.named_scope('qkv_projection'):
-      q, k, v = (pixels_minor.project(kernel, tokens, dtype).reshape(b, f, attn.heads, -1, h * w)
-                 for kernel in jnp.split(attn.to_qkv.kernel[...], 3, axis=-1))
+      q, k, v = (t.reshape((b, f) + t.shape[1:]) for t in pixels_minor.project_qkv(
+          attn.to_qkv.kernel[...], tokens, dtype, attn.heads))
     inv_freq = rotary_frequencies(attn.rotary_dim)
     q = pixels_minor.rotate_frames(q * attn.scale, inv_freq)
     k = pixels_minor.rotate_frames(k, inv_freq)
@@ -191,9 +191,8 @@ class SpatialLinearAttention(nnx.Module):
     b, f, h, w, c = x.shape
     tokens = pixels_minor.to_pixels_minor(x.reshape(b * f, h * w, c))
     with jax.named_scope('qkv_projection'):
-      q, k, v = (pixels_minor.project(kernel, tokens, self.dtype)
-                 .reshape(b * f, self.heads, -1, h * w)
-                 for kernel in jnp.split(self.to_qkv.kernel[...], 3, axis=-1))
+      q, k, v = pixels_minor.project_qkv(self.to_qkv.kernel[...], tokens, self.dtype,
+                                         self.heads)
     softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)  # noqa: E731
     q = (softmax(q, 2) * self.scale).astype(self.dtype)
     k = softmax(k, 3).astype(self.dtype)

@@ -38,6 +38,14 @@ def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   return jax.lax.dot_general(weights, x.astype(dtype), (((2,), (1,)), ((0,), (0,))))
 
 
+def project_qkv(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype, heads: int) -> tuple:
+  """Queries, keys and values (n, heads, dim_head, pixels) of x (n, c_in, pixels)
+  from a to_qkv kernel (c_in, 3 * heads * dim_head): one projection per third,
+  so no wide array is split (or, backward, concatenated)."""
+  return tuple(project(part, x, dtype).reshape(x.shape[0], heads, -1, x.shape[-1])
+               for part in jnp.split(kernel, 3, axis=-1))
+
+
 def rotate_frames(x: jax.Array, inv_freq: np.ndarray) -> jax.Array:
   """The rotary embedding of the frame index on x (b, frames, heads, dim_head, pixels):
   interleaved pairs of the first 2*len(inv_freq) features of dim_head, in float32."""
