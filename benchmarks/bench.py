@@ -30,13 +30,31 @@ import statistics
 import sys
 import time
 
-from bench_model import (CONFIGS, ROOT, WARMUPS, build_model, child_env, config_names,
-                         device_fields, fmt, header, markdown, median_time, peak_rss_gb,
-                         run_child, time_train_step)
+import reference
+from bench_model import (
+  CONFIGS,
+  ROOT,
+  WARMUPS,
+  build_model,
+  child_env,
+  config_names,
+  device_fields,
+  fmt,
+  header,
+  markdown,
+  median_time,
+  peak_rss_gb,
+  run_child,
+  time_train_step,
+)
 from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
-import reference
-from video_diffusion.allocator import JEMALLOC_CONF, active_allocator, allocator_env, resolve
+from video_diffusion.runtime.allocator import (
+  JEMALLOC_CONF,
+  active_allocator,
+  allocator_env,
+  resolve,
+)
 
 REFERENCE_VENV_PYTHON = os.path.join(ROOT, '.venv-reference', 'bin', 'python')
 PEAK_SIZE = 4096
@@ -46,6 +64,7 @@ def measure_peak() -> dict:
   """The practical FP32 peak: GFLOP/s of the best of 5 jitted PEAK_SIZE^3 matmuls."""
   import jax
   import jax.numpy as jnp
+
   a = jax.random.normal(jax.random.key(0), (PEAK_SIZE, PEAK_SIZE), jnp.float32)
   matmul = jax.jit(jnp.matmul).lower(a, a).compile()
   jax.block_until_ready(matmul(a, a))
@@ -54,28 +73,32 @@ def measure_peak() -> dict:
     start = time.perf_counter()
     jax.block_until_ready(matmul(a, a))
     times.append(time.perf_counter() - start)
-  return dict(gflops=2 * PEAK_SIZE ** 3 / min(times) / 1e9)
+  return dict(gflops=2 * PEAK_SIZE**3 / min(times) / 1e9)
 
 
 def measure_denoise(name: str, batch: int, repeats: int) -> dict:
   """Median seconds of one jitted denoiser call on `batch` videos."""
   import jax
   from flax import nnx
+
   unet = build_model(name).denoise_fn
   graphdef, state = nnx.split(unet)
   c = CONFIGS[name]
-  x = jax.random.normal(jax.random.key(0), (batch, c['num_frames'], c['image_size'],
-                                            c['image_size'], c['channels']))
+  x = jax.random.normal(
+    jax.random.key(0), (batch, c['num_frames'], c['image_size'], c['image_size'], c['channels'])
+  )
   t = jax.random.randint(jax.random.key(1), (batch,), 0, 1000)
   call = jax.jit(lambda s, x, t: nnx.merge(graphdef, s)(x, t)).lower(state, x, t).compile()
-  return dict(time_s=median_time(lambda: jax.block_until_ready(call(state, x, t)), repeats),
-              batch=batch)
+  return dict(
+    time_s=median_time(lambda: jax.block_until_ready(call(state, x, t)), repeats), batch=batch
+  )
 
 
 def measure_ours(name: str, what: str, repeats: int, batch: int, ddpm_measured: int) -> dict:
   """One JSON row of ours: `what` is peak, train, denoise or a SAMPLERS label."""
   import jax
   from flax import nnx
+
   if what == 'peak':
     row = measure_peak()
   elif what == 'train':
@@ -83,14 +106,26 @@ def measure_ours(name: str, what: str, repeats: int, batch: int, ddpm_measured: 
     shape = (CONFIGS[name]['batch'],) + diffusion.video_shape
     batch_key, step_key = jax.random.split(jax.random.key(0))
     figures = time_train_step(diffusion, shape, batch_key, step_key, repeats)
-    row = dict(params_m=figures['n_params'] / 1e6, compile_s=figures['compile_s'],
-               time_s=figures['step_s'], flops=figures['flops'], loss=figures['loss'])
+    row = dict(
+      params_m=figures['n_params'] / 1e6,
+      compile_s=figures['compile_s'],
+      time_s=figures['step_s'],
+      flops=figures['flops'],
+      loss=figures['loss'],
+    )
   elif what == 'denoise':
     row = measure_denoise(name, batch, repeats)
   else:
     row = measure_sampler(name, nnx.split(build_model(name)), what, batch, ddpm_measured)
-  return dict(row, side='ours', config=name, what=what, malloc=active_allocator(),
-              rss_gb=peak_rss_gb(), **device_fields())
+  return dict(
+    row,
+    side='ours',
+    config=name,
+    what=what,
+    malloc=active_allocator(),
+    rss_gb=peak_rss_gb(),
+    **device_fields(),
+  )
 
 
 def default_reference_python() -> str | None:
@@ -102,8 +137,20 @@ def default_reference_python() -> str | None:
 
 def child_command(python: str, side: str, name: str, what: str, args) -> list[str]:
   script = os.path.abspath(__file__ if side == 'ours' else reference.__file__)
-  return [python, script, '--one', name, '--measure', what, '--repeats', str(args.repeats),
-          '--batch', str(args.batch), '--ddpm-steps-measured', str(args.ddpm_steps_measured)]
+  return [
+    python,
+    script,
+    '--one',
+    name,
+    '--measure',
+    what,
+    '--repeats',
+    str(args.repeats),
+    '--batch',
+    str(args.batch),
+    '--ddpm-steps-measured',
+    str(args.ddpm_steps_measured),
+  ]
 
 
 def run_rounds(names, args, ref_python: str | None) -> dict[tuple, list[dict]]:
@@ -157,8 +204,14 @@ def peak_rss(rows) -> str:
 
 def speed_table(runs, names, args, peak: float | None) -> str:
   """Train step and denoiser call: ours, the reference with each malloc, the ratios."""
-  head = ['config', 'measure', f'ours ({resolve(args.our_malloc)}) s', 'GFLOP/s',
-          '% of measured FP32 peak', 'ours peak RSS (GB)']
+  head = [
+    'config',
+    'measure',
+    f'ours ({resolve(args.our_malloc)}) s',
+    'GFLOP/s',
+    '% of measured FP32 peak',
+    'ours peak RSS (GB)',
+  ]
   for m in args.reference_mallocs:
     head += [f'reference ({m}) s', f'reference ({m}) / ours']
   head += ['reference peak RSS (GB)']
@@ -172,8 +225,14 @@ def speed_table(runs, names, args, peak: float | None) -> str:
       flops = ours[0].get('flops')
       gflops = flops / 1e9 / seconds if flops else None
       pct = 100 * gflops / peak if gflops and peak else None
-      cells = [name, 'train step' if what == 'train' else f'denoiser call (batch {args.batch})',
-               fmt(seconds, '.3f'), fmt(gflops, '.1f'), fmt(pct, '.1f'), peak_rss(ours)]
+      cells = [
+        name,
+        'train step' if what == 'train' else f'denoiser call (batch {args.batch})',
+        fmt(seconds, '.3f'),
+        fmt(gflops, '.1f'),
+        fmt(pct, '.1f'),
+        peak_rss(ours),
+      ]
       ref_rss = []
       for m in args.reference_mallocs:
         ref = runs.get(('reference', name, m, what))
@@ -186,8 +245,15 @@ def speed_table(runs, names, args, peak: float | None) -> str:
 def sampling_table(runs, names, args) -> str:
   """Wall time to --batch videos for each of our samplers against the reference's DDPM-1000."""
   best = args.reference_mallocs[0] if args.reference_mallocs else None
-  head = ['config', 'sampler', 'model calls', 's / call', f'wall for {args.batch} videos',
-          f'reference ({best}) DDPM-1000 wall', 'reference / ours']
+  head = [
+    'config',
+    'sampler',
+    'model calls',
+    's / call',
+    f'wall for {args.batch} videos',
+    f'reference ({best}) DDPM-1000 wall',
+    'reference / ours',
+  ]
   lines = []
   for name in names:
     ref = runs.get(('reference', name, best, 'DDPM-1000'))
@@ -195,9 +261,20 @@ def sampling_table(runs, names, args) -> str:
       ours = runs.get(('ours', name, args.our_malloc, sampler))
       if ours:
         wall = sampling_wall(dict(ours[0], total_s=median_of(ours, 'total_s')))
-        ref_wall = '-' if not ref else sampling_wall(dict(ref[0], total_s=median_of(ref, 'total_s')))
-        lines.append([name, sampler, str(ours[0]['steps']), fmt(median_of(ours, 'per_call_s'), '.3f'),
-                      wall, ref_wall, ratio(ref, ours, 'total_s')])
+        ref_wall = (
+          '-' if not ref else sampling_wall(dict(ref[0], total_s=median_of(ref, 'total_s')))
+        )
+        lines.append(
+          [
+            name,
+            sampler,
+            str(ours[0]['steps']),
+            fmt(median_of(ours, 'per_call_s'), '.3f'),
+            wall,
+            ref_wall,
+            ratio(ref, ours, 'total_s'),
+          ]
+        )
   return markdown(head, lines)
 
 
@@ -226,15 +303,21 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
   args = parse_args()
   if args.one:
-    print(json.dumps(measure_ours(args.one, args.measure, args.repeats, args.batch,
-                                  args.ddpm_steps_measured)), flush=True)
+    print(
+      json.dumps(
+        measure_ours(args.one, args.measure, args.repeats, args.batch, args.ddpm_steps_measured)
+      ),
+      flush=True,
+    )
     return
-  ref_python = None if args.no_reference else (args.reference_python
-                                                or default_reference_python())
+  ref_python = None if args.no_reference else (args.reference_python or default_reference_python())
   if ref_python is None and not args.no_reference:
-    print('reference columns skipped: torch==2.13.0 and video-diffusion-pytorch==0.7.0 are '
-          f'not importable here; `make bench` installs them into .venv-reference '
-          f'({reference.INSTALL})', file=sys.stderr)
+    print(
+      'reference columns skipped: torch==2.13.0 and video-diffusion-pytorch==0.7.0 are '
+      f'not importable here; `make bench` installs them into .venv-reference '
+      f'({reference.INSTALL})',
+      file=sys.stderr,
+    )
   load = os.getloadavg()[0]  # other work on the CPU slows both sides
   try:
     runs = run_rounds(args.names, args, ref_python)
@@ -245,14 +328,18 @@ def main() -> None:
     sys.exit('no measurement of ours ran to completion')
   refs = [row for (side, *_), rows in runs.items() if side == 'reference' for row in rows]
   peak = median_of(runs.get(('ours', args.names[0], args.our_malloc, 'peak')), 'gflops')
-  extras = ((f"torch {refs[0]['torch_version']}",) if refs else ()) + (
-      f'load average {load:.2f} at start', f'measured FP32 peak {fmt(peak, ".0f")} GFLOP/s')
+  extras = ((f'torch {refs[0]["torch_version"]}',) if refs else ()) + (
+    f'load average {load:.2f} at start',
+    f'measured FP32 peak {fmt(peak, ".0f")} GFLOP/s',
+  )
   print(header(ours, args.repeats, extras))
-  print(f'{args.rounds} round(s), ours and the reference alternating; each figure the median '
-        f'over rounds of a run\'s median of {args.repeats} after {WARMUPS} warm-ups; '
-        f'reference / ours: median ratio, per-round range in brackets')
+  print(
+    f'{args.rounds} round(s), ours and the reference alternating; each figure the median '
+    f"over rounds of a run's median of {args.repeats} after {WARMUPS} warm-ups; "
+    f'reference / ours: median ratio, per-round range in brackets'
+  )
   if any(r['malloc'] == 'jemalloc' for r in refs):
-    print(f"jemalloc runs with MALLOC_CONF={os.environ.get('MALLOC_CONF', JEMALLOC_CONF)}")
+    print(f'jemalloc runs with MALLOC_CONF={os.environ.get("MALLOC_CONF", JEMALLOC_CONF)}')
   print()
   print(speed_table(runs, args.names, args, peak))
   if args.samplers:

@@ -19,10 +19,19 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_model import (CONFIGS, build_model, child_env, config_names,  # noqa: E402
-                                    device_fields, fmt, header, markdown, peak_rss_gb,
-                                    run_child, time_train_step)
+from bench_model import (  # noqa: E402
+  CONFIGS,
+  build_model,
+  child_env,
+  config_names,
+  device_fields,
+  fmt,
+  header,
+  markdown,
+  peak_rss_gb,
+  run_child,
+  time_train_step,
+)
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -39,32 +48,62 @@ def run_one(name: str, dtype: str, remat: bool, repeats: int) -> dict:
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != 'cpu' else None
   peak_device = None if not stats else stats.get('peak_bytes_in_use')
-  return dict(config=name, dtype=dtype, remat=remat, params_m=figures['n_params'] / 1e6,
-              compile_s=figures['compile_s'], step_s=figures['step_s'], flops=figures['flops'],
-              loss=figures['loss'], temp_bytes=figures['temp_bytes'],
-              device_peak_bytes=peak_device, rss_gb=peak_rss_gb(), **device_fields())
+  return dict(
+    config=name,
+    dtype=dtype,
+    remat=remat,
+    params_m=figures['n_params'] / 1e6,
+    compile_s=figures['compile_s'],
+    step_s=figures['step_s'],
+    flops=figures['flops'],
+    loss=figures['loss'],
+    temp_bytes=figures['temp_bytes'],
+    device_peak_bytes=peak_device,
+    rss_gb=peak_rss_gb(),
+    **device_fields(),
+  )
 
 
 def table(rows: list[dict]) -> str:
   """The Markdown table; speedup and temp ratio are against float32 without remat."""
-  head = ['config', 'dtype', 'remat', 'compile (s)', 'train step (s)', 'speedup',
-          'GFLOP/step', 'XLA temp (MB)', 'temp vs f32', 'device peak (MB)', 'peak RSS (GB)',
-          'loss']
+  head = [
+    'config',
+    'dtype',
+    'remat',
+    'compile (s)',
+    'train step (s)',
+    'speedup',
+    'GFLOP/step',
+    'XLA temp (MB)',
+    'temp vs f32',
+    'device peak (MB)',
+    'peak RSS (GB)',
+    'loss',
+  ]
   base = {r['config']: r for r in rows if r['dtype'] == 'float32' and not r['remat']}
   lines = []
   for r in rows:
     b = base.get(r['config'])
     speedup = None if b is None else b['step_s'] / r['step_s']
-    temp_ratio = (None if b is None or not b['temp_bytes'] or r['temp_bytes'] is None
-                  else r['temp_bytes'] / b['temp_bytes'])
-    cells = [r['config'], r['dtype'], 'yes' if r['remat'] else 'no',
-             fmt(r['compile_s'], '.1f'), fmt(r['step_s'], '.3f'), fmt(speedup, '.2f'),
-             fmt(None if r['flops'] is None else r['flops'] / 1e9, '.1f'),
-             fmt(None if r['temp_bytes'] is None else r['temp_bytes'] / 1e6, '.1f'),
-             fmt(temp_ratio, '.2f'),
-             fmt(None if r['device_peak_bytes'] is None else r['device_peak_bytes'] / 1e6,
-                 '.1f'),
-             fmt(r['rss_gb'], '.2f'), fmt(r['loss'], '.4f')]
+    temp_ratio = (
+      None
+      if b is None or not b['temp_bytes'] or r['temp_bytes'] is None
+      else r['temp_bytes'] / b['temp_bytes']
+    )
+    cells = [
+      r['config'],
+      r['dtype'],
+      'yes' if r['remat'] else 'no',
+      fmt(r['compile_s'], '.1f'),
+      fmt(r['step_s'], '.3f'),
+      fmt(speedup, '.2f'),
+      fmt(None if r['flops'] is None else r['flops'] / 1e9, '.1f'),
+      fmt(None if r['temp_bytes'] is None else r['temp_bytes'] / 1e6, '.1f'),
+      fmt(temp_ratio, '.2f'),
+      fmt(None if r['device_peak_bytes'] is None else r['device_peak_bytes'] / 1e6, '.1f'),
+      fmt(r['rss_gb'], '.2f'),
+      fmt(r['loss'], '.4f'),
+    ]
     lines.append(cells)
   return markdown(head, lines)
 
@@ -96,8 +135,17 @@ def main() -> None:
       for remat in (False, True):
         label = f'{n} {dtype}{" remat" if remat else ""}'
         print(f'running {label} ...', file=sys.stderr, flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), '--one', n, '--dtype', dtype,
-               '--json', '--repeats', str(args.repeats)] + (['--remat'] if remat else [])
+        cmd = [
+          sys.executable,
+          os.path.abspath(__file__),
+          '--one',
+          n,
+          '--dtype',
+          dtype,
+          '--json',
+          '--repeats',
+          str(args.repeats),
+        ] + (['--remat'] if remat else [])
         row = run_child(cmd, label, env)
         if row is not None:
           rows.append(row)

@@ -21,16 +21,16 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.bench_model import (CONFIGS, REFERENCE, build_model,  # noqa: E402
-                                    config_names, cpu_model, markdown)
-from video_diffusion.allocator import active_allocator, allocator_env  # noqa: E402
+from bench_model import CONFIGS, REFERENCE, build_model, config_names, cpu_model, markdown  # noqa: E402
+
+from video_diffusion.runtime.allocator import active_allocator, allocator_env  # noqa: E402
 
 
 def time_sampler(diffusion_parts, sampler, batch: int, seed: int = 0) -> tuple[float, float]:
   """(compile seconds, run seconds) of one compiled sampling loop."""
   import jax
   from flax import nnx
+
   graphdef, state = diffusion_parts
 
   def sample(state, key):
@@ -53,7 +53,8 @@ SAMPLERS = ('DDPM-1000', 'DDIM-50', 'DPM-Solver++-20')
 def make_sampler(label: str, ddpm_measured: int, full_ddpm: bool = False) -> tuple:
   """(sampler, model calls timed) for a label of SAMPLERS; DDPM over its first
   `ddpm_measured` steps unless `full_ddpm`."""
-  from video_diffusion import samplers
+  from video_diffusion.diffusion import samplers
+
   steps = int(label.rsplit('-', 1)[1])
   if label.startswith('DDPM'):
     calls = steps if full_ddpm else min(ddpm_measured, steps)
@@ -63,35 +64,63 @@ def make_sampler(label: str, ddpm_measured: int, full_ddpm: bool = False) -> tup
   return samplers.DPMSolverPP(steps), steps
 
 
-def measure_sampler(name: str, parts, label: str, batch: int, ddpm_measured: int,
-                    full_ddpm: bool = False) -> dict:
+def measure_sampler(
+  name: str, parts, label: str, batch: int, ddpm_measured: int, full_ddpm: bool = False
+) -> dict:
   """Compiles and times sampler `label` on the split diffusion `parts` of config `name`."""
   sampler, calls = make_sampler(label, ddpm_measured, full_ddpm)
   print(f'{name}: {label} ({calls} model calls) ...', file=sys.stderr, flush=True)
   compile_s, run_s = time_sampler(parts, sampler, batch)
   steps = int(label.rsplit('-', 1)[1])
-  return dict(config=name, sampler=label, steps=steps, measured_calls=calls,
-              compile_s=compile_s, per_call_s=run_s / calls, total_s=run_s / calls * steps)
+  return dict(
+    config=name,
+    sampler=label,
+    steps=steps,
+    measured_calls=calls,
+    compile_s=compile_s,
+    per_call_s=run_s / calls,
+    total_s=run_s / calls * steps,
+  )
 
 
 def run_config(name: str, batch: int, ddpm_measured: int, full_ddpm: bool) -> list[dict]:
   from flax import nnx
+
   parts = nnx.split(build_model(name))
-  return [measure_sampler(name, parts, label, batch, ddpm_measured, full_ddpm)
-          for label in SAMPLERS]
+  return [
+    measure_sampler(name, parts, label, batch, ddpm_measured, full_ddpm) for label in SAMPLERS
+  ]
 
 
 def table(rows: list[dict], batch: int) -> str:
-  head = ['config', 'sampler', 'model calls', 'compile (s)', 's / call', f'wall for {batch} videos',
-          'reference s / call (glibc / jemalloc)', 'reference wall (jemalloc)', 'speed-up']
+  head = [
+    'config',
+    'sampler',
+    'model calls',
+    'compile (s)',
+    's / call',
+    f'wall for {batch} videos',
+    'reference s / call (glibc / jemalloc)',
+    'reference wall (jemalloc)',
+    'speed-up',
+  ]
   lines = []
   for r in rows:
     glibc, jemalloc = (v * batch / 4 for v in REFERENCE[r['config']]['denoise'])
     ref_total = jemalloc * 1000  # the reference can only run all 1000 steps
-    lines.append([
-        r['config'], r['sampler'], str(r['steps']), f"{r['compile_s']:.1f}",
-        f"{r['per_call_s']:.2f}", sampling_wall(r), f'{glibc:.1f} / {jemalloc:.1f}',
-        duration(ref_total), f"{ref_total / r['total_s']:.0f}x"])
+    lines.append(
+      [
+        r['config'],
+        r['sampler'],
+        str(r['steps']),
+        f'{r["compile_s"]:.1f}',
+        f'{r["per_call_s"]:.2f}',
+        sampling_wall(r),
+        f'{glibc:.1f} / {jemalloc:.1f}',
+        duration(ref_total),
+        f'{ref_total / r["total_s"]:.0f}x',
+      ]
+    )
   return markdown(head, lines)
 
 
@@ -99,7 +128,7 @@ def sampling_wall(row: dict) -> str:
   """A row's wall time to samples, marked when scaled from fewer measured steps."""
   wall = duration(row['total_s'])
   if row['measured_calls'] != row['steps']:
-    wall += f" (from {row['measured_calls']} steps)"
+    wall += f' (from {row["measured_calls"]} steps)'
   return wall
 
 
@@ -128,9 +157,12 @@ def main() -> None:
   for name in config_names(parser, args.configs):
     rows += run_config(name, args.batch, args.ddpm_steps_measured, args.full_ddpm)
   import jax
-  print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} | jax {jax.__version__} | {cpu_model()} "
-        f"({os.cpu_count()} CPUs) | device {jax.devices()[0].device_kind} | malloc "
-        f"{active_allocator()} | reference: one denoiser call at batch 4 scaled to {args.batch}")
+
+  print(
+    f'{time.strftime("%Y-%m-%d %H:%M:%S")} | jax {jax.__version__} | {cpu_model()} '
+    f'({os.cpu_count()} CPUs) | device {jax.devices()[0].device_kind} | malloc '
+    f'{active_allocator()} | reference: one denoiser call at batch 4 scaled to {args.batch}'
+  )
   print()
   print(table(rows, args.batch))
 

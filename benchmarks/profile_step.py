@@ -22,15 +22,26 @@ import re
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_cpu_enable_xprof_traceme=true').strip()
+os.environ['XLA_FLAGS'] = (
+  os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
+).strip()
 
 from bench_model import CONFIGS, build_model, markdown  # noqa: E402
 
 # Innermost first: an op under temporal_attention/qkv_projection is a projection.
-SCOPES = ('qkv_projection', 'out_projection', 'temporal_attention', 'linear_attention',
-          'full_attention', 'upsample_conv', 'conv', 'rms_norm', 'layer_norm', 'time_mlp',
-          'res_conv')
+SCOPES = (
+  'qkv_projection',
+  'out_projection',
+  'temporal_attention',
+  'linear_attention',
+  'full_attention',
+  'upsample_conv',
+  'conv',
+  'rms_norm',
+  'layer_norm',
+  'time_mlp',
+  'res_conv',
+)
 INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\((.*)$', re.M)
 
 
@@ -86,8 +97,11 @@ def profile(name: str, steps: int) -> tuple[collections.Counter, float]:
     return optax.apply_updates(params, updates), opt_state, loss
 
   batch = jax.random.uniform(jax.random.key(1), shape)
-  step = jax.jit(train_step, donate_argnums=(0, 1)).lower(
-      params, opt_state, batch, jax.random.key(2)).compile()
+  step = (
+    jax.jit(train_step, donate_argnums=(0, 1))
+    .lower(params, opt_state, batch, jax.random.key(2))
+    .compile()
+  )
   instructions = hlo_instructions(step.as_text())
   for i in range(2):  # warm-up
     params, opt_state, loss = step(params, opt_state, batch, jax.random.key(i))
@@ -107,7 +121,8 @@ def profile(name: str, steps: int) -> tuple[collections.Counter, float]:
         for event in line.events:
           if event.name in instructions:
             seconds[classify(event.name, *instructions[event.name])] += (
-                event.duration_ns / 1e9 / steps)
+              event.duration_ns / 1e9 / steps
+            )
   return seconds, wall
 
 
@@ -117,22 +132,41 @@ def tables(name: str, seconds: collections.Counter, wall: float, top: int) -> st
   for (part, kind, direction), s in seconds.items():
     by_part[part, direction] += s
     by_kind[kind, direction] += s
-  parts = sorted({p for p, _ in by_part}, key=lambda p: -(by_part[p, 'forward']
-                                                         + by_part[p, 'backward']))
+  parts = sorted(
+    {p for p, _ in by_part}, key=lambda p: -(by_part[p, 'forward'] + by_part[p, 'backward'])
+  )
   pct = lambda s: f'{100 * s / total:.1f}%'  # noqa: E731
-  rows = [[p, f'{by_part[p, "forward"]:.3f}', f'{by_part[p, "backward"]:.3f}',
-           pct(by_part[p, 'forward'] + by_part[p, 'backward'])] for p in parts]
-  kinds = sorted({k for k, _ in by_kind}, key=lambda k: -(by_kind[k, 'forward']
-                                                         + by_kind[k, 'backward']))
-  kind_rows = [[k, f'{by_kind[k, "forward"]:.3f}', f'{by_kind[k, "backward"]:.3f}',
-                pct(by_kind[k, 'forward'] + by_kind[k, 'backward'])] for k in kinds]
+  rows = [
+    [
+      p,
+      f'{by_part[p, "forward"]:.3f}',
+      f'{by_part[p, "backward"]:.3f}',
+      pct(by_part[p, 'forward'] + by_part[p, 'backward']),
+    ]
+    for p in parts
+  ]
+  kinds = sorted(
+    {k for k, _ in by_kind}, key=lambda k: -(by_kind[k, 'forward'] + by_kind[k, 'backward'])
+  )
+  kind_rows = [
+    [
+      k,
+      f'{by_kind[k, "forward"]:.3f}',
+      f'{by_kind[k, "backward"]:.3f}',
+      pct(by_kind[k, 'forward'] + by_kind[k, 'backward']),
+    ]
+    for k in kinds
+  ]
   detail = [[p, k, d, f'{s:.3f}', pct(s)] for (p, k, d), s in seconds.most_common(top)]
-  return '\n\n'.join([
+  return '\n\n'.join(
+    [
       f'### {name}: {wall:.2f} s per traced step, {total:.2f} s of operations '
       f'summed over threads ({os.cpu_count()} cores)',
       markdown(['model part', 'forward (s)', 'backward (s)', 'share'], rows),
       markdown(['kind', 'forward (s)', 'backward (s)', 'share'], kind_rows),
-      markdown(['model part', 'kind', 'direction', 'seconds', 'share'], detail)])
+      markdown(['model part', 'kind', 'direction', 'seconds', 'share'], detail),
+    ]
+  )
 
 
 def main() -> None:

@@ -32,15 +32,23 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from benchmarks.bench_model import CONFIGS, median_time, peak_rss_gb  # noqa: E402
-from video_diffusion.allocator import active_allocator  # noqa: E402  (no jax)
+from bench_model import CONFIGS, median_time, peak_rss_gb  # noqa: E402
+
+from video_diffusion.runtime.allocator import active_allocator  # noqa: E402  (no jax)
 
 PINNED = {'torch': '2.13.0', 'video-diffusion-pytorch': '0.7.0'}
-MODULES = ('torch', 'video_diffusion_pytorch', 'einops', 'einops_exts',
-           'rotary_embedding_torch', 'tqdm')
-INSTALL = ('pip install torch==2.13.0 einops einops-exts rotary-embedding-torch tqdm && '
-           'pip install --no-deps video-diffusion-pytorch==0.7.0')
+MODULES = (
+  'torch',
+  'video_diffusion_pytorch',
+  'einops',
+  'einops_exts',
+  'rotary_embedding_torch',
+  'tqdm',
+)
+INSTALL = (
+  'pip install torch==2.13.0 einops einops-exts rotary-embedding-torch tqdm && '
+  'pip install --no-deps video-diffusion-pytorch==0.7.0'
+)
 MEASURES = ('train', 'denoise', 'DDPM-1000')
 TIMESTEPS = 1000
 
@@ -60,16 +68,24 @@ def build_reference(name: str):
   """(torch, GaussianDiffusion(Unet3D)) of config `name`, on all CPU threads."""
   sys.path.insert(0, os.path.join(ROOT, 'tools'))
   from make_parity_fixtures import install_torchvision_stub
+
   install_torchvision_stub()
   os.environ.setdefault('TQDM_DISABLE', '1')  # no progress bar in p_sample_loop
   import torch
   from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   c = CONFIGS[name]
   unet = Unet3D(dim=c['dim'], dim_mults=c['dim_mults'], channels=c['channels'])
-  return torch, GaussianDiffusion(unet, image_size=c['image_size'], num_frames=c['num_frames'],
-                                  channels=c['channels'], timesteps=TIMESTEPS, loss_type='l2')
+  return torch, GaussianDiffusion(
+    unet,
+    image_size=c['image_size'],
+    num_frames=c['num_frames'],
+    channels=c['channels'],
+    timesteps=TIMESTEPS,
+    loss_type='l2',
+  )
 
 
 def time_train_step(name: str, repeats: int) -> dict:
@@ -77,8 +93,7 @@ def time_train_step(name: str, repeats: int) -> dict:
   torch, diffusion = build_reference(name)
   c = CONFIGS[name]
   optimizer = torch.optim.Adam(diffusion.parameters(), lr=1e-4)
-  videos = torch.rand(c['batch'], c['channels'], c['num_frames'], c['image_size'],
-                      c['image_size'])
+  videos = torch.rand(c['batch'], c['channels'], c['num_frames'], c['image_size'], c['image_size'])
   losses = []
 
   def train_step():
@@ -120,8 +135,13 @@ def time_ddpm(name: str, batch: int, steps_measured: int) -> dict:
   videos = diffusion.sample(batch_size=batch)
   run_s = time.perf_counter() - t0
   assert videos.shape == shape
-  return dict(sampler='DDPM-1000', steps=TIMESTEPS, measured_calls=calls,
-              per_call_s=run_s / calls, total_s=run_s / calls * TIMESTEPS)
+  return dict(
+    sampler='DDPM-1000',
+    steps=TIMESTEPS,
+    measured_calls=calls,
+    per_call_s=run_s / calls,
+    total_s=run_s / calls * TIMESTEPS,
+  )
 
 
 def measure(name: str, what: str, repeats: int, batch: int, steps_measured: int) -> dict:
@@ -133,8 +153,16 @@ def measure(name: str, what: str, repeats: int, batch: int, steps_measured: int)
   else:
     row = time_ddpm(name, batch, steps_measured)
   import torch
-  return dict(row, side='reference', config=name, what=what, malloc=active_allocator(),
-              rss_gb=peak_rss_gb(), torch_version=torch.__version__)
+
+  return dict(
+    row,
+    side='reference',
+    config=name,
+    what=what,
+    malloc=active_allocator(),
+    rss_gb=peak_rss_gb(),
+    torch_version=torch.__version__,
+  )
 
 
 def main() -> None:
@@ -145,8 +173,10 @@ def main() -> None:
   parser.add_argument('--batch', type=int, default=4, help='videos per sampling call')
   parser.add_argument('--ddpm-steps-measured', type=int, default=10)
   args = parser.parse_args()
-  print(json.dumps(measure(args.one, args.measure, args.repeats, args.batch,
-                           args.ddpm_steps_measured)), flush=True)
+  print(
+    json.dumps(measure(args.one, args.measure, args.repeats, args.batch, args.ddpm_steps_measured)),
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

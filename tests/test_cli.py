@@ -8,18 +8,28 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT
-from video_diffusion import video_io
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from video_diffusion.data import video_io
+
 TINY = {
-    'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
-    'diffusion': dict(image_size=16, num_frames=4, channels=1, timesteps=8, loss_type='l2'),
-    'trainer': dict(train_batch_size=2, gradient_accumulate_every=1, train_num_steps=4,
-                    checkpoint_every_steps=2, save_and_sample_every=4, num_sample_rows=2,
-                    data_workers=0, step_start_ema=2, update_ema_every=1, max_to_keep=2,
-                    add_loss_plot=True, profile_flush_step=3),
+  'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
+  'diffusion': dict(image_size=16, num_frames=4, channels=1, timesteps=8, loss_type='l2'),
+  'trainer': dict(
+    train_batch_size=2,
+    gradient_accumulate_every=1,
+    train_num_steps=4,
+    checkpoint_every_steps=2,
+    save_and_sample_every=4,
+    num_sample_rows=2,
+    data_workers=0,
+    step_start_ema=2,
+    update_ema_every=1,
+    max_to_keep=2,
+    add_loss_plot=True,
+    profile_flush_step=3,
+  ),
 }
 
 
@@ -31,8 +41,9 @@ def read_scalars(logdir):
 
 
 def run(script, *args, cwd=ROOT, check=True):
-  proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=cwd, capture_output=True,
-                        text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, script, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+  )
   if check:
     assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
@@ -62,8 +73,9 @@ def test_train_writes_checkpoints_logs_plot_and_sample_grid(tiny_run):
   assert (results / 'loss_curve.png').stat().st_size > 1000
   scalars = read_scalars(results / 'tb')
   assert [step for step, _ in scalars['train/loss']] == [1, 2, 3, 4]
-  np.testing.assert_allclose([v for _, v in scalars['train/loss']],
-                             [r['loss'] for r in records], rtol=1e-6)
+  np.testing.assert_allclose(
+    [v for _, v in scalars['train/loss']], [r['loss'] for r in records], rtol=1e-6
+  )
   saved = yaml.safe_load((results / 'config.yaml').read_text())
   assert saved['trainer']['seed'] == 3  # --rng_seed
   grid = video_io.read_video(results / 'samples' / 'sample-4.gif')
@@ -75,21 +87,52 @@ def test_train_writes_checkpoints_logs_plot_and_sample_grid(tiny_run):
 
 def test_resume_continues_from_the_newest_checkpoint(tiny_run):
   config, results, _ = tiny_run
-  proc = run('train.py', '--config', config, '--resume_step', -1, '--rng_seed', 3,
-             'trainer.train_num_steps=6')
+  proc = run(
+    'train.py',
+    '--config',
+    config,
+    '--resume_step',
+    -1,
+    '--rng_seed',
+    3,
+    'trainer.train_num_steps=6',
+  )
   assert 'trained to step 6' in proc.stdout
   assert sorted(os.listdir(results / 'checkpoints')) == ['4', '6']  # max_to_keep 2
-  steps = [json.loads(line)['step'] for line in (results / 'metrics.jsonl').read_text().splitlines()]
+  steps = [
+    json.loads(line)['step'] for line in (results / 'metrics.jsonl').read_text().splitlines()
+  ]
   assert steps == [1, 2, 3, 4, 5, 6]
 
 
 def test_sample_writes_one_gif_per_video_and_a_grid(tiny_run, tmp_path):
   config, results, _ = tiny_run
   out = tmp_path / 'out'
-  proc = subprocess.run([sys.executable, '-m', 'video_diffusion', 'sample', '--checkpoint-path',
-                         str(results / 'checkpoints'), '--step', '4', '--output-path', str(out),
-                         '--config', str(config), '--load-ema-params', '--batch-size', '4',
-                         '--seed', '1'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'video_diffusion',
+      'sample',
+      '--checkpoint-path',
+      str(results / 'checkpoints'),
+      '--step',
+      '4',
+      '--output-path',
+      str(out),
+      '--config',
+      str(config),
+      '--load-ema-params',
+      '--batch-size',
+      '4',
+      '--seed',
+      '1',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'EMA weights' in proc.stdout
   assert sorted(os.listdir(out)) == ['grid.gif'] + [f'sample_{i}.gif' for i in range(1, 5)]
@@ -102,8 +145,18 @@ def test_sample_writes_one_gif_per_video_and_a_grid(tiny_run, tmp_path):
 
 def test_sample_of_a_missing_step_lists_the_steps_available(tiny_run, tmp_path):
   config, results, _ = tiny_run
-  proc = run('sample.py', '--checkpoint-path', results / 'checkpoints', '--step', 5,
-             '--output-path', tmp_path, '--config', config, check=False)
+  proc = run(
+    'sample.py',
+    '--checkpoint-path',
+    results / 'checkpoints',
+    '--step',
+    5,
+    '--output-path',
+    tmp_path,
+    '--config',
+    config,
+    check=False,
+  )
   assert proc.returncode == 2
   assert 'no checkpoint for step 5' in proc.stderr and 'steps available: ' in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -111,19 +164,31 @@ def test_sample_of_a_missing_step_lists_the_steps_available(tiny_run, tmp_path):
 
 def test_sample_with_another_model_config_is_refused(tiny_run, tmp_path):
   config, results, _ = tiny_run
-  proc = run('sample.py', '--checkpoint-path', results / 'checkpoints', '--config', config,
-             'unet.dim=16', '--output-path', tmp_path, check=False)
+  proc = run(
+    'sample.py',
+    '--checkpoint-path',
+    results / 'checkpoints',
+    '--config',
+    config,
+    'unet.dim=16',
+    '--output-path',
+    tmp_path,
+    check=False,
+  )
   assert proc.returncode == 2
   assert 'unet.dim=8 in the checkpoint, 16 in the config' in proc.stderr
 
 
-@pytest.mark.parametrize('overrides, message', [
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
     (['trainer.train_lr=abc'], 'trainer.train_lr must be a float'),
     (['trainer.train_lrr=1e-4'], 'unknown key trainer.train_lrr; did you mean trainer.train_lr?'),
     (['trainer.num_frames=7'], 'trainer.num_frames is 7 but diffusion.num_frames is 4'),
     (['unet.channels=3'], 'unet.channels is 3 but diffusion.channels is 1'),
     (['trainer.dataset_path=/nonexistent/clips'], '/nonexistent/clips'),
-])
+  ],
+)
 def test_bad_config_or_data_is_one_clear_error(tmp_path, overrides, message):
   data = {k: dict(v) for k, v in TINY.items()}
   data['trainer']['results_folder'] = str(tmp_path / 'results')
@@ -134,14 +199,20 @@ def test_bad_config_or_data_is_one_clear_error(tmp_path, overrides, message):
   assert message in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'results' / 'checkpoints').exists() or not os.listdir(
-      tmp_path / 'results' / 'checkpoints')
+    tmp_path / 'results' / 'checkpoints'
+  )
 
 
 def test_empty_video_folder_is_an_error_naming_it(tmp_path):
   (tmp_path / 'clips').mkdir()
-  proc = run('train.py', '--config', ROOT / 'configs' / 'config.yaml',
-             f'trainer.dataset_path={tmp_path / "clips"}',
-             f'trainer.results_folder={tmp_path / "r"}', check=False)
+  proc = run(
+    'train.py',
+    '--config',
+    ROOT / 'configs' / 'config.yaml',
+    f'trainer.dataset_path={tmp_path / "clips"}',
+    f'trainer.results_folder={tmp_path / "r"}',
+    check=False,
+  )
   assert proc.returncode == 2
   assert str(tmp_path / 'clips') in proc.stderr and 'Traceback' not in proc.stderr
 
@@ -151,12 +222,23 @@ def test_missing_config_file_and_help():
   assert proc.returncode == 2 and 'no/such.yaml: config file not found' in proc.stderr
   for script in ('train.py', 'sample.py'):
     text = run(script, '--help').stdout
-    flags = (['--config', '--rng_seed', '--resume_step'] if script == 'train.py' else
-             ['--checkpoint-path', '--step', '--output-path', '--config', '--seed',
-              '--load-ema-params', '--batch-size'])
+    flags = (
+      ['--config', '--rng_seed', '--resume_step']
+      if script == 'train.py'
+      else [
+        '--checkpoint-path',
+        '--step',
+        '--output-path',
+        '--config',
+        '--seed',
+        '--load-ema-params',
+        '--batch-size',
+      ]
+    )
     assert all(flag in text for flag in flags), text
-  text = subprocess.run([sys.executable, '-m', 'video_diffusion', '--help'], cwd=ROOT,
-                        capture_output=True, text=True).stdout
+  text = subprocess.run(
+    [sys.executable, '-m', 'video_diffusion', '--help'], cwd=ROOT, capture_output=True, text=True
+  ).stdout
   assert 'train' in text and 'sample' in text
 
 
@@ -167,10 +249,29 @@ def test_sample_continues_a_clip_with_reconstruction_guidance(tiny_run, tmp_path
   clip = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 1), dtype=np.uint8)
   video_io.write_gif(tmp_path / 'clip.gif', clip)
   out = tmp_path / 'out'
-  run('sample.py', '--checkpoint-path', results / 'checkpoints', '--config', config,
-      '--output-path', out, '--batch-size', 2, '--sampler', 'ddim', '--steps', 3,
-      '--prime', tmp_path / 'clip.gif', '--num-cond-frames', 2, '--recon-guidance', 2,
-      '--num-frames', 6)
+  run(
+    'sample.py',
+    '--checkpoint-path',
+    results / 'checkpoints',
+    '--config',
+    config,
+    '--output-path',
+    out,
+    '--batch-size',
+    2,
+    '--sampler',
+    'ddim',
+    '--steps',
+    3,
+    '--prime',
+    tmp_path / 'clip.gif',
+    '--num-cond-frames',
+    2,
+    '--recon-guidance',
+    2,
+    '--num-frames',
+    6,
+  )
   video = video_io.read_video(out / 'sample_2.gif')
   assert video.shape == (6, 16, 16, 1)
   np.testing.assert_array_equal(video[:2], clip[1:])

@@ -4,12 +4,16 @@ import pathlib
 import re
 import shutil
 
-
 README = pathlib.Path(__file__).parent.parent / 'README.md'
 # Same code, small enough for CI: (pattern, replacement) applied to the snippets.
-SHRINK = [(r'\bdim=64', 'dim=8'), (r'dim_mults=\(1, 2, 4, 8\)', 'dim_mults=(1, 2)'),
-          (r'image_size=32', 'image_size=8'), (r'32, 32', '8, 8'),
-          (r'timesteps=1000', 'timesteps=3'), (r'\(4, 5, 32, 32, 3\)', '(4, 5, 8, 8, 3)')]
+SHRINK = [
+  (r'\bdim=64', 'dim=8'),
+  (r'dim_mults=\(1, 2, 4, 8\)', 'dim_mults=(1, 2)'),
+  (r'image_size=32', 'image_size=8'),
+  (r'32, 32', '8, 8'),
+  (r'timesteps=1000', 'timesteps=3'),
+  (r'\(4, 5, 32, 32, 3\)', '(4, 5, 8, 8, 3)'),
+]
 
 
 def usage_snippets():
@@ -30,15 +34,20 @@ def test_usage_snippets_run(tmp_path):
 
 
 def test_checkpoint_snippet_runs(tmp_path, monkeypatch):
-  block = next(b for b in re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
-               if 'convert_reference_checkpoint' in b)
+  block = next(
+    b
+    for b in re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
+    if 'convert_reference_checkpoint' in b
+  )
   fixture = pathlib.Path(__file__).parent / 'fixtures' / 'reference_checkpoint.pt'
   (tmp_path / 'results').mkdir()
   shutil.copy(fixture, tmp_path / 'results' / 'model-10.pt')
   monkeypatch.chdir(tmp_path)
   # The fixture's model: dim 4, mults (1, 2), 1 channel, 1 head of width 8.
-  code = block.replace('dim=64, dim_mults=(1, 2, 4, 8), channels=3',
-                       'dim=4, dim_mults=(1, 2), channels=1, attn_heads=1, attn_dim_head=8')
+  code = block.replace(
+    'dim=64, dim_mults=(1, 2, 4, 8), channels=3',
+    'dim=4, dim_mults=(1, 2), channels=1, attn_heads=1, attn_dim_head=8',
+  )
   namespace = {}
   exec(code, namespace)
   assert namespace['converted'].step == 1234
@@ -55,6 +64,7 @@ def test_readme_starts_with_the_demo_and_test_commands_and_ci_runs_the_latter():
 def test_readme_documents_every_flag_and_config_key():
   from video_diffusion.cli import eval_parser, sample_parser, train_parser
   from video_diffusion.config import markdown_table
+
   text = README.read_text()
   assert markdown_table() in text
   for parser in (train_parser(), sample_parser(), eval_parser()):

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from video_diffusion import samplers, sampling, video_io  # noqa: E402
 from video_diffusion.config import load_config  # noqa: E402
+from video_diffusion.data import video_io  # noqa: E402
+from video_diffusion.diffusion import samplers
+from video_diffusion.inference import checkpoint, gifs, sampling
 
 
 def label_panel(grid: np.ndarray, text: str, height: int = 12) -> np.ndarray:
@@ -43,24 +42,31 @@ def main() -> None:
   args = parser.parse_args()
 
   import jax
+
   cfg = load_config(args.config)
-  graphdef, params, constants, step = sampling.load_params(cfg, args.checkpoint_path,
-                                                           step=args.step, ema=True)
+  graphdef, params, constants, step = checkpoint.load_params(
+    cfg, args.checkpoint_path, step=args.step, ema=True
+  )
   timesteps = cfg.diffusion.timesteps
-  runs = [(f'DDPM-{timesteps}', samplers.DDPM()), ('DDIM-50', samplers.DDIM(50)),
-          ('DPM++-20', samplers.DPMSolverPP(20))]
+  runs = [
+    (f'DDPM-{timesteps}', samplers.DDPM()),
+    ('DDIM-50', samplers.DDIM(50)),
+    ('DPM++-20', samplers.DPMSolverPP(20)),
+  ]
   panels = []
   for name, sampler in runs:
-    sample = sampling.make_sampler(graphdef, constants, args.videos, sampler=sampler)
+    sample = sampling.compile_sample_fn(graphdef, constants, args.videos, sampler=sampler)
     key = jax.random.key(args.seed)
     jax.block_until_ready(sample(params, key))  # compile
     t0 = time.perf_counter()
     videos = np.asarray(sample(params, key))
     seconds = time.perf_counter() - t0
-    print(f'{name}: {args.videos} videos in {seconds:.1f} s; pixel mean {videos.mean():.3f}, '
-          f'std {videos.std():.3f}')
+    print(
+      f'{name}: {args.videos} videos in {seconds:.1f} s; pixel mean {videos.mean():.3f}, '
+      f'std {videos.std():.3f}'
+    )
     frames = video_io.to_uint8(videos, value_range=(0.0, 1.0))
-    grid = video_io.video_grid(frames, sampling.grid_rows(args.videos))
+    grid = video_io.video_grid(frames, gifs.grid_rows(args.videos))
     panels.append(label_panel(grid, name))
   gap = np.zeros(panels[0].shape[:2] + (4,) + panels[0].shape[3:], np.uint8)
   row = np.concatenate([part for panel in panels for part in (panel, gap)][:-1], axis=2)

@@ -24,34 +24,67 @@ FIXTURES = pathlib.Path(__file__).resolve().parent.parent / 'tests' / 'fixtures'
 
 # Each config: Unet3D kwargs, diffusion kwargs, batch size, and which checks apply.
 CONFIGS = {
-    'cond_linear_attn': dict(
-        unet=dict(dim=8, dim_mults=(1, 2), channels=3, cond_dim=6, attn_heads=2,
-                  attn_dim_head=16, init_kernel_size=5, use_sparse_linear_attn=True),
-        diffusion=dict(image_size=8, num_frames=4, channels=3, timesteps=50,
-                       loss_type='l1'),
-        batch=2, cond_scale=2.5),
-    'uncond_defaults': dict(
-        unet=dict(dim=8, dim_mults=(1, 2), channels=1, use_sparse_linear_attn=False),
-        diffusion=dict(image_size=16, num_frames=5, channels=1, timesteps=100,
-                       loss_type='l2', use_dynamic_thres=True),
-        batch=2, cond_scale=1.0),
-    'cond_partial_rotary': dict(
-        unet=dict(dim=8, dim_mults=(1, 2), channels=1, cond_dim=4, attn_heads=2,
-                  attn_dim_head=36, init_kernel_size=3, use_sparse_linear_attn=True),
-        diffusion=dict(image_size=8, num_frames=3, channels=1, timesteps=1000,
-                       loss_type='l2'),
-        batch=3, cond_scale=3.0),
-    'long_clip_out_dim': dict(
-        unet=dict(dim=8, dim_mults=(1,), channels=3, out_dim=6, attn_heads=2,
-                  attn_dim_head=8, use_sparse_linear_attn=True),
-        diffusion=None, image_size=4, num_frames=12, batch=2),
+  'cond_linear_attn': dict(
+    unet=dict(
+      dim=8,
+      dim_mults=(1, 2),
+      channels=3,
+      cond_dim=6,
+      attn_heads=2,
+      attn_dim_head=16,
+      init_kernel_size=5,
+      use_sparse_linear_attn=True,
+    ),
+    diffusion=dict(image_size=8, num_frames=4, channels=3, timesteps=50, loss_type='l1'),
+    batch=2,
+    cond_scale=2.5,
+  ),
+  'uncond_defaults': dict(
+    unet=dict(dim=8, dim_mults=(1, 2), channels=1, use_sparse_linear_attn=False),
+    diffusion=dict(
+      image_size=16, num_frames=5, channels=1, timesteps=100, loss_type='l2', use_dynamic_thres=True
+    ),
+    batch=2,
+    cond_scale=1.0,
+  ),
+  'cond_partial_rotary': dict(
+    unet=dict(
+      dim=8,
+      dim_mults=(1, 2),
+      channels=1,
+      cond_dim=4,
+      attn_heads=2,
+      attn_dim_head=36,
+      init_kernel_size=3,
+      use_sparse_linear_attn=True,
+    ),
+    diffusion=dict(image_size=8, num_frames=3, channels=1, timesteps=1000, loss_type='l2'),
+    batch=3,
+    cond_scale=3.0,
+  ),
+  'long_clip_out_dim': dict(
+    unet=dict(
+      dim=8,
+      dim_mults=(1,),
+      channels=3,
+      out_dim=6,
+      attn_heads=2,
+      attn_dim_head=8,
+      use_sparse_linear_attn=True,
+    ),
+    diffusion=None,
+    image_size=4,
+    num_frames=12,
+    batch=2,
+  ),
 }
 
 # The model of the Trainer checkpoint fixture (model and EMA weights differ).
 CHECKPOINT_CONFIG = dict(
-    unet=dict(dim=4, dim_mults=(1, 2), channels=1, attn_heads=1, attn_dim_head=8),
-    diffusion=dict(image_size=8, num_frames=3, channels=1, timesteps=20),
-    step=1234)
+  unet=dict(dim=4, dim_mults=(1, 2), channels=1, attn_heads=1, attn_dim_head=8),
+  diffusion=dict(image_size=8, num_frames=3, channels=1, timesteps=20),
+  step=1234,
+)
 
 
 def install_torchvision_stub():
@@ -64,12 +97,20 @@ def install_torchvision_stub():
     def __init__(self, *args, **kwargs):
       pass
 
-  for name in ('ToTensor', 'ToPILImage', 'Compose', 'Resize', 'RandomHorizontalFlip',
-               'Lambda', 'CenterCrop'):
+  for name in (
+    'ToTensor',
+    'ToPILImage',
+    'Compose',
+    'Resize',
+    'RandomHorizontalFlip',
+    'Lambda',
+    'CenterCrop',
+  ):
     setattr(transforms, name, _Unused)
   tv.transforms, tv.utils = transforms, utils
-  sys.modules.update({'torchvision': tv, 'torchvision.transforms': transforms,
-                      'torchvision.utils': utils})
+  sys.modules.update(
+    {'torchvision': tv, 'torchvision.transforms': transforms, 'torchvision.utils': utils}
+  )
 
 
 def to_numpy(tensor):
@@ -99,13 +140,13 @@ def record_config(seed, name, spec, out, torch, vdp):
     out[f'{name}/cond'] = to_numpy(cond)
   with torch.no_grad():
     out[f'{name}/out'] = to_numpy(unet(x, t, cond=cond))
-    out[f'{name}/out_focus_mixed'] = to_numpy(unet(x, t, cond=cond,
-                                                   focus_present_mask=focus_mixed))
+    out[f'{name}/out_focus_mixed'] = to_numpy(unet(x, t, cond=cond, focus_present_mask=focus_mixed))
     out[f'{name}/out_focus_all'] = to_numpy(unet(x, t, cond=cond, focus_present_mask=focus_all))
     if cond is not None:
       out[f'{name}/out_null'] = to_numpy(unet(x, t, cond=cond, null_cond_prob=1.0))
       out[f'{name}/out_guided'] = to_numpy(
-          unet.forward_with_cond_scale(x, t, cond=cond, cond_scale=spec['cond_scale']))
+        unet.forward_with_cond_scale(x, t, cond=cond, cond_scale=spec['cond_scale'])
+      )
   if diff_kw is None:
     return
   diffusion = vdp.GaussianDiffusion(unet, **diff_kw).eval()
@@ -118,7 +159,8 @@ def record_config(seed, name, spec, out, torch, vdp):
     loss = diffusion.p_losses(vdp.normalize_img(x01), t, cond=cond, noise=noise)
     x_t = torch.randn_like(x01)
     mean, var, log_var = diffusion.p_mean_variance(
-        x_t, t, clip_denoised=True, cond=cond, cond_scale=spec['cond_scale'])
+      x_t, t, clip_denoised=True, cond=cond, cond_scale=spec['cond_scale']
+    )
   out[f'{name}/loss_x01'], out[f'{name}/loss_noise'] = to_numpy(x01), to_numpy(noise)
   out[f'{name}/loss'] = np.float32(loss.item())
   out[f'{name}/p_x_t'], out[f'{name}/p_mean'] = to_numpy(x_t), to_numpy(mean)
@@ -129,10 +171,18 @@ def write_reference_checkpoint(torch, vdp, path, out):
   """A Trainer `model-N.pt` (step, model, ema, scaler) and outputs of both weights."""
   torch.manual_seed(100)
   spec = CHECKPOINT_CONFIG
-  model, ema = (vdp.GaussianDiffusion(vdp.Unet3D(**spec['unet']), **spec['diffusion'])
-                for _ in range(2))
-  torch.save({'step': spec['step'], 'model': model.state_dict(), 'ema': ema.state_dict(),
-              'scaler': torch.amp.GradScaler('cuda', enabled=False).state_dict()}, path)
+  model, ema = (
+    vdp.GaussianDiffusion(vdp.Unet3D(**spec['unet']), **spec['diffusion']) for _ in range(2)
+  )
+  torch.save(
+    {
+      'step': spec['step'],
+      'model': model.state_dict(),
+      'ema': ema.state_dict(),
+      'scaler': torch.amp.GradScaler('cuda', enabled=False).state_dict(),
+    },
+    path,
+  )
   d = spec['diffusion']
   x = torch.randn(2, d['channels'], d['num_frames'], d['image_size'], d['image_size'])
   t = torch.tensor([0, d['timesteps'] - 1])
@@ -147,6 +197,7 @@ def main():
   install_torchvision_stub()
   import torch
   from video_diffusion_pytorch import video_diffusion_pytorch as vdp
+
   torch.set_num_threads(1)
   FIXTURES.mkdir(parents=True, exist_ok=True)
   out = {}

@@ -21,7 +21,6 @@ FIXTURES = pathlib.Path(__file__).resolve().parent.parent / 'tests' / 'fixtures'
 
 
 class Tiny(torch.nn.Module):
-
   def __init__(self):
     super().__init__()
     self.linear = torch.nn.Linear(4, 3)
@@ -34,26 +33,26 @@ def sample():
   model, ema = Tiny(), Tiny()
   base = torch.randn(4, 6, dtype=torch.float32)
   return {
-      'step': 7,
-      'model': model.state_dict(),
-      'ema': ema.state_dict(),
-      'scaler': {},
-      'extra': {
-          'f64': torch.randn(3, 2, dtype=torch.float64),
-          'f16': torch.randn(5, dtype=torch.float16),
-          'bf16': torch.randn(2, 3).to(torch.bfloat16),
-          'i64': torch.arange(-3, 3, dtype=torch.int64).reshape(2, 3),
-          'i32': torch.tensor([-(2**31), 2**31 - 1, 5], dtype=torch.int32),
-          'i16': torch.tensor([-300, 300], dtype=torch.int16),
-          'i8': torch.tensor([-128, 127, 0], dtype=torch.int8),
-          'u8': torch.tensor([0, 128, 255], dtype=torch.uint8),
-          'bool': torch.tensor([[True, False], [False, True]]),
-          'base': base,
-          'view': base[1:, 2:5].t(),       # shares base's storage: offset 8, strides (1, 6)
-          'scalar': torch.tensor(3.5),
-          'empty': torch.zeros(0, 3),
-      },
-      'lst': [1, 2.5, 'x', None, True],
+    'step': 7,
+    'model': model.state_dict(),
+    'ema': ema.state_dict(),
+    'scaler': {},
+    'extra': {
+      'f64': torch.randn(3, 2, dtype=torch.float64),
+      'f16': torch.randn(5, dtype=torch.float16),
+      'bf16': torch.randn(2, 3).to(torch.bfloat16),
+      'i64': torch.arange(-3, 3, dtype=torch.int64).reshape(2, 3),
+      'i32': torch.tensor([-(2**31), 2**31 - 1, 5], dtype=torch.int32),
+      'i16': torch.tensor([-300, 300], dtype=torch.int16),
+      'i8': torch.tensor([-128, 127, 0], dtype=torch.int8),
+      'u8': torch.tensor([0, 128, 255], dtype=torch.uint8),
+      'bool': torch.tensor([[True, False], [False, True]]),
+      'base': base,
+      'view': base[1:, 2:5].t(),  # shares base's storage: offset 8, strides (1, 6)
+      'scalar': torch.tensor(3.5),
+      'empty': torch.zeros(0, 3),
+    },
+    'lst': [1, 2.5, 'x', None, True],
   }
 
 

@@ -8,14 +8,14 @@ the XLA options of `xla_options` (before JAX starts a backend).
 
 import importlib
 
-from video_diffusion import xla_options
+from video_diffusion.runtime import xla_options
 
 xla_options.apply()
 
 __all__ = ['GaussianDiffusion', 'Unet3D']
 __version__ = '0.1.0'
 
-_LAZY = {'GaussianDiffusion': 'video_diffusion.diffusion', 'Unet3D': 'video_diffusion.unet'}
+_LAZY = {'GaussianDiffusion': 'video_diffusion.diffusion', 'Unet3D': 'video_diffusion.models'}
 
 
 def __getattr__(name):

@@ -1,4 +1,4 @@
-"""`python -m video_diffusion train|sample ...`."""
+"""`python -m video_diffusion train|sample|eval ...`."""
 
 from video_diffusion.cli import main
 

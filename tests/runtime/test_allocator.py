@@ -1,0 +1,75 @@
+"""The fast-malloc preload and the start-up line."""
+
+import pytest
+
+from video_diffusion.runtime import allocator, runtime_info
+
+
+def test_glibc_removes_a_preloaded_allocator():
+  env = allocator.allocator_env('glibc', {'LD_PRELOAD': '/x/libjemalloc.so.2', 'A': '1'})
+  assert env == {'A': '1'}
+
+
+def test_missing_allocator_names_how_to_install_it(monkeypatch):
+  monkeypatch.setattr(allocator, 'library_dirs', lambda: [])
+  with pytest.raises(ValueError, match='apt-get install libjemalloc2'):
+    allocator.allocator_env('jemalloc', {})
+  with pytest.raises(ValueError, match='pip install cmeel-mimalloc'):
+    allocator.allocator_env('mimalloc', {})
+  assert 'LD_PRELOAD' not in allocator.allocator_env('auto', {})
+
+
+def test_auto_takes_the_first_installed_in_order(monkeypatch, tmp_path):
+  monkeypatch.setattr(allocator, 'library_dirs', lambda: [tmp_path])
+  (tmp_path / 'libjemalloc.so.2').write_bytes(b'')
+  env = allocator.allocator_env('auto', {})
+  assert env['LD_PRELOAD'] == str(tmp_path / 'libjemalloc.so.2')
+  assert env['MALLOC_CONF'] == allocator.JEMALLOC_CONF
+  (tmp_path / 'libmimalloc.so.3').write_bytes(b'')
+  env = allocator.allocator_env('auto', {})
+  assert env['LD_PRELOAD'] == str(tmp_path / 'libmimalloc.so.3')
+  assert 'MALLOC_CONF' not in env
+
+
+def test_the_set_up_installs_mimalloc_so_auto_preloads_it():
+  # pyproject pins cmeel-mimalloc: a machine set up from the README has it, no apt step.
+  path = allocator.find_allocator('mimalloc')
+  assert path is not None and 'cmeel.prefix' in path
+  assert allocator.resolve('auto') == 'mimalloc'
+  assert allocator.allocator_env('auto', {})['LD_PRELOAD'] == path
+
+
+def test_unknown_allocator_is_an_error():
+  with pytest.raises(ValueError, match="allocator 'hoard'"):
+    allocator.allocator_env('hoard', {})
+
+
+def test_startup_line_names_backend_devices_and_malloc(monkeypatch, tmp_path):
+  monkeypatch.setenv('LD_PRELOAD', '/somewhere/libmimalloc.so.3')
+  monkeypatch.setattr(runtime_info, 'NVIDIA_DEVICE', str(tmp_path / 'nvidia0'))
+  lines = runtime_info.startup_lines()
+  assert len(lines) == 1 and lines[0].startswith('backend: cpu, ')
+  assert 'device(s)' in lines[0] and lines[0].endswith('malloc: mimalloc')
+  (tmp_path / 'nvidia0').write_bytes(b'')
+  warning = runtime_info.startup_lines()[1]
+  assert 'NVIDIA GPU' in warning and "pip install -e '.[cuda12]'" in warning
+
+
+def test_xla_options_are_added_once_and_never_override_the_user():
+  from video_diffusion.runtime import xla_options
+
+  option = xla_options.CPU_OPTIONS[0]
+  assert xla_options.with_options('') == option
+  assert xla_options.with_options('--a=1') == f'--a=1 {option}'
+  assert xla_options.with_options(option) == option
+  name = option.split('=')[0]
+  assert xla_options.with_options(f'{name}=') == f'{name}='
+
+
+def test_importing_the_package_set_the_xla_options():
+  import os
+
+  from video_diffusion.runtime import xla_options
+
+  for option in xla_options.CPU_OPTIONS:
+    assert option in os.environ['XLA_FLAGS']

@@ -1,0 +1,48 @@
+"""Command line: `video-diffusion train|sample|eval` (also `python train.py`, `python sample.py`).
+
+`parsers` has the flags, `commands` what each command does with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from video_diffusion.cli.commands import STANDALONE, run_eval, run_sample, run_train
+from video_diffusion.cli.parsers import eval_parser, sample_parser, train_parser
+
+__all__ = ['COMMANDS', 'entry', 'eval_parser', 'main', 'sample_parser', 'train_parser']
+
+COMMANDS = {
+  'train': (train_parser, run_train),
+  'sample': (sample_parser, run_sample),
+  'eval': (eval_parser, run_eval),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+  """`video-diffusion {train,sample,eval} ...`."""
+  STANDALONE['on'] = argv is None
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(
+    prog='video-diffusion', description='Video diffusion in JAX: train, sample, evaluate.'
+  )
+  sub = parser.add_subparsers(dest='command', required=True, metavar=f'{{{",".join(COMMANDS)}}}')
+  for name, (make, _) in COMMANDS.items():
+    make_sub = make()
+    sub.add_parser(
+      name,
+      parents=[make_sub],
+      add_help=False,
+      help=make_sub.description,
+      description=make_sub.description,
+    )
+  args = parser.parse_args(argv)
+  COMMANDS[args.command][1](args)
+
+
+def entry(command: str, prog: str) -> None:
+  """Root scripts: `python train.py ...` is `video-diffusion train ...`."""
+  STANDALONE['on'] = True
+  make, run = COMMANDS[command]
+  run(make(prog).parse_args(sys.argv[1:]))

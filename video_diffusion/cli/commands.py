@@ -1,0 +1,258 @@
+"""What `video-diffusion train|sample|eval` do with their parsed arguments.
+
+Errors in the user's input (config, data, checkpoints) end with one line
+`error: ...` naming the problem and the fix, exit status 2, and no traceback.
+JAX is imported only after the arguments are read, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+_REEXEC_MARK = 'VIDEO_DIFFUSION_MALLOC_SET'
+# 'on' when this process is the command itself (it may re-exec with an allocator).
+STANDALONE = {'on': False}
+
+
+def _use_allocator(name: str) -> None:
+  """Re-executes this command with a faster malloc preloaded, once."""
+  if name == 'glibc' or os.environ.get(_REEXEC_MARK) or not STANDALONE['on']:
+    return
+  from video_diffusion.runtime.allocator import allocator_env
+
+  try:
+    env = allocator_env(name)
+  except ValueError as e:
+    sys.exit(f'error: --malloc {name}: {e}')
+  if 'LD_PRELOAD' not in env:
+    return
+  env[_REEXEC_MARK] = '1'
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+
+
+def _use_compilation_cache() -> None:
+  """Keeps XLA compilations between runs (JAX_COMPILATION_CACHE_DIR overrides the place)."""
+  cache_home = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
+  os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR', os.path.join(cache_home, 'video-diffusion', 'xla')
+  )
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def run_train(args: argparse.Namespace) -> None:
+  from video_diffusion.config import ConfigError, load_config
+
+  overrides = list(args.overrides)
+  if args.rng_seed is not None:
+    overrides.append(f'trainer.seed={args.rng_seed}')
+  try:
+    cfg = load_config(args.config, overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  _use_allocator(args.malloc)
+  _use_compilation_cache()
+  from video_diffusion.data.errors import DataError
+  from video_diffusion.parallel import distributed
+  from video_diffusion.runtime import runtime_info
+  from video_diffusion.train import loop as trainer
+
+  try:
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  except ValueError as e:
+    _fail(str(e))
+  runtime_info.print_startup()
+  try:
+    result = trainer.train(cfg, resume_step=args.resume_step)
+  except (ConfigError, DataError, trainer.TrainingError) as e:
+    _fail(str(e))
+  except KeyboardInterrupt:
+    print(
+      '\ninterrupted: the current step was checkpointed; continue with --resume_step -1',
+      file=sys.stderr,
+    )
+    sys.exit(130)
+  loss = 'n/a' if result.loss is None else f'{result.loss:.4g}'
+  print(
+    f'trained to step {result.step} in {result.wall_s:.0f} s, last loss {loss}; '
+    f'checkpoints {result.checkpoint_steps} in {result.checkpoint_dir}; '
+    f'samples and logs in {result.results_folder}'
+  )
+
+
+def run_sample(args: argparse.Namespace) -> None:
+  if args.batch_size < 1:
+    _fail(f'--batch-size must be >= 1, got {args.batch_size}')
+  cfg, checkpoint_dir, step = _load_checked(args)
+  from video_diffusion.inference import checkpoint, gifs, sampling
+
+  request = _sample_request(cfg, args)
+  try:
+    videos, step = checkpoint.sample_checkpoint(
+      cfg,
+      checkpoint_dir,
+      step=step,
+      ema=args.load_ema_params,
+      seed=args.seed,
+      batch_size=args.batch_size,
+      **request,
+    )
+  except sampling.SamplingError as e:
+    _fail(str(e))
+  output = args.output_path or os.path.join(cfg.trainer.results_folder, f'samples-step{step}')
+  paths = gifs.write_samples(output, videos, fps=args.fps)
+  weights = 'EMA' if args.load_ema_params else 'raw'
+  print(
+    f'wrote {len(paths) - 1} videos and grid.gif of step {step} ({weights} weights) '
+    f'to {os.path.abspath(output)}'
+  )
+
+
+def _load_checked(args: argparse.Namespace):
+  """(cfg, checkpoint_dir, step) of sample/eval flags; exits when the config,
+  folder or step is wrong or the config does not describe the checkpoint's model."""
+  from video_diffusion.config import ConfigError, load_config, resolved_checkpoint_dir
+
+  try:
+    cfg = load_config(args.config, args.overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  checkpoint_dir = args.checkpoint_path or resolved_checkpoint_dir(cfg)
+  if not os.path.isdir(checkpoint_dir):
+    _fail(
+      f'--checkpoint-path {checkpoint_dir} is not a folder; pass the checkpoint folder of a '
+      'training run (trainer.checkpoint_dir_path, or <results_folder>/checkpoints)'
+    )
+  _use_allocator(args.malloc)
+  _use_compilation_cache()
+  from video_diffusion.runtime import runtime_info
+
+  runtime_info.print_startup()
+  from video_diffusion.checkpointing.checkpointer import (
+    Checkpointer,
+    CheckpointNotFoundError,
+    model_mismatch,
+  )
+  from video_diffusion.config import config_to_dict
+
+  try:
+    with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
+      step = ckpt.resolve_step(args.step)
+      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
+  except CheckpointNotFoundError as e:
+    _fail(str(e))
+  if mismatch:
+    _fail(
+      f'--config {args.config} does not describe the model of step {step}: {mismatch}; '
+      'pass the config the run was trained with'
+    )
+  return cfg, checkpoint_dir, step
+
+
+def run_eval(args: argparse.Namespace) -> None:
+  for flag, value, low in (
+    ('--num-videos', args.num_videos, 2),
+    ('--batch-size', args.batch_size, 1),
+  ):
+    if value < low:
+      _fail(f'{flag} must be >= {low}, got {value}')
+  cfg, checkpoint_dir, step = _load_checked(args)
+  import json
+
+  from video_diffusion.data.errors import DataError
+  from video_diffusion.diffusion import samplers
+  from video_diffusion.eval import evaluate
+
+  try:
+    sampler = samplers.get_sampler(args.sampler, cfg.diffusion.timesteps, args.steps, args.eta)
+    eval_dir = os.path.join(cfg.trainer.results_folder, 'eval')
+    result = evaluate.evaluate_checkpoint(
+      cfg,
+      checkpoint_dir,
+      step=step,
+      ema=args.load_ema_params,
+      sampler=sampler,
+      sampler_name=args.sampler,
+      num_videos=args.num_videos,
+      batch_size=args.batch_size,
+      seed=args.seed,
+      cond_scale=args.cond_scale,
+      dataset_path=args.real_path,
+      cache_dir=eval_dir,
+    )
+  except (ValueError, DataError) as e:  # EvalError, sampler, condition, dataset
+    _fail(str(e))
+  weights, calls = result['weights'], result['model_calls']
+  suffix = '-ema' if args.load_ema_params else ''
+  output = args.output or os.path.join(
+    eval_dir, f'fvd-step{step}-{args.sampler}{calls}{suffix}.json'
+  )
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  with open(output, 'w', encoding='utf-8') as f:
+    json.dump(result, f, indent=2)
+  print(
+    f'FVD {result["fvd"]:.2f} (real vs real {result["fvd_real_vs_real"]:.2f}) on '
+    f'{args.num_videos} videos: step {step}, {weights} weights, {args.sampler}-{calls}; '
+    f'{os.path.abspath(output)}'
+  )
+
+
+def _sample_request(cfg, args: argparse.Namespace) -> dict:
+  """sample_checkpoint's keyword arguments from sample.py's flags (exits on bad input)."""
+  from video_diffusion.conditions import encoding as conditioning
+  from video_diffusion.config.schema import default_cond_frames
+  from video_diffusion.diffusion import samplers
+  from video_diffusion.inference import sampling
+
+  d = cfg.diffusion
+  shape = d.video_shape
+  k = args.num_cond_frames
+  checks = [
+    (args.prime and args.interpolate, '--prime and --interpolate cannot be combined'),
+    (k is not None and k < 1, f'--num-cond-frames must be >= 1, got {k}'),
+    (
+      args.num_frames is not None and args.num_frames < 1,
+      f'--num-frames must be >= 1, got {args.num_frames}',
+    ),
+    (
+      args.recon_guidance and d.frame_conditioning,
+      '--recon-guidance is for models trained without diffusion.frame_conditioning; '
+      'this one is given the known frames directly: drop --recon-guidance',
+    ),
+    (args.recon_guidance < 0, f'--recon-guidance must be >= 0, got {args.recon_guidance}'),
+  ]
+  for failed, message in checks:
+    if failed:
+      _fail(message)
+  try:
+    sampler = samplers.get_sampler(args.sampler, d.timesteps, args.steps, args.eta)
+    raw = conditioning.requested_condition(
+      cfg, args.batch_size, labels=args.labels, texts=args.texts, cond_path=args.cond_path
+    )
+    cond = conditioning.model_condition(cfg, raw, conditioning.make_text_encoder(cfg))
+    first = last = None
+    if args.prime:
+      clip = sampling.load_clip(args.prime, shape)
+      first = clip[-(k or min(len(clip), default_cond_frames(d.num_frames))) :]
+    if args.interpolate:
+      first = sampling.load_clip(args.interpolate[0], shape)[-(k or 1) :]
+      last = sampling.load_clip(args.interpolate[1], shape)[: k or 1]
+  except ValueError as e:  # the user's request: sampler, condition, clips, text encoder
+    _fail(str(e))
+  return dict(
+    sampler=sampler,
+    cond=cond,
+    cond_scale=args.cond_scale,
+    first=first,
+    last=last,
+    recon_guidance=args.recon_guidance,
+    num_frames=args.num_frames,
+    num_cond_frames=k if not args.interpolate else None,
+  )

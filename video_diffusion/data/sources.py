@@ -1,0 +1,276 @@
+"""Video sources: Moving MNIST .npy, folders of video files, synthetic digits.
+
+Every source returns records {'video': uint8 (f, h, w, c), 'label': int32
+(MAX_DIGITS,), 'velocity': float32 (MAX_DIGITS, 2)}; only the synthetic
+digits have real labels (-1 and zeros elsewhere), so batches of every source
+share one structure. A conditional model's sources add 'cond' (see
+data.conditions). numpy, Pillow and PyAV only (runs in grain worker processes).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from video_diffusion.conditions.kinds import KIND_KEYS
+from video_diffusion.data.conditions import (
+  FolderConditions,
+  add_synthetic_condition,
+  check_synthetic,
+)
+from video_diffusion.data.errors import DataError, UnreadableVideoWarning
+from video_diffusion.data.spec import DataSpec
+from video_diffusion.data.synthetic import moving_digits
+from video_diffusion.data.video_io import VIDEO_EXTENSIONS, VideoReadError, read_video
+
+__all__ = [
+  'MAX_DIGITS',
+  'MovingMnistSource',
+  'SyntheticDigitsSource',
+  'VideoFolderSource',
+  'make_source',
+]
+
+MAX_DIGITS = 2
+
+
+def _record(video: np.ndarray) -> dict[str, np.ndarray]:
+  return {
+    'video': video,
+    'label': np.full((MAX_DIGITS,), -1, np.int32),
+    'velocity': np.zeros((MAX_DIGITS, 2), np.float32),
+  }
+
+
+class MovingMnistSource:
+  """Moving MNIST .npy: uint8 (frames, sequences, h, w) as published (20, 10000, 64, 64).
+
+  A 5-D uint8 array is read as (sequences, frames, h, w, channels). The file
+  is memory-mapped (and re-opened after pickling); one record per sequence.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self._path = os.fspath(path)
+    self._array = self._open()
+    self._length = self._array.shape[1] if self._array.ndim == 4 else self._array.shape[0]
+
+  def _open(self) -> np.ndarray:
+    try:
+      array = np.load(self._path, mmap_mode='r', allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise DataError(f'{self._path}: cannot read as a .npy array: {e}') from None
+    expected = (
+      'expected uint8 (frames, sequences, height, width) as in Moving MNIST '
+      '(20, 10000, 64, 64), or uint8 (sequences, frames, height, width, channels)'
+    )
+    if not isinstance(array, np.ndarray) or array.ndim not in (4, 5) or array.dtype != np.uint8:
+      found = (
+        f'{array.dtype} array of shape {array.shape}'
+        if isinstance(array, np.ndarray)
+        else type(array).__name__
+      )
+      raise DataError(f'{self._path}: {expected}; found {found}')
+    if 0 in array.shape:
+      raise DataError(f'{self._path}: {expected}; found an empty array of shape {array.shape}')
+    return array
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    if self._array is None:
+      self._array = self._open()
+    if self._array.ndim == 4:
+      return _record(np.array(self._array[:, index, :, :, None]))
+    return _record(np.array(self._array[index]))
+
+  @property
+  def cond_kind(self) -> None:
+    return None  # no labels or texts
+
+  def __getstate__(self):
+    return {**self.__dict__, '_array': None}
+
+  def __repr__(self) -> str:
+    return f'MovingMnistSource(path={self._path!r})'
+
+
+class VideoFolderSource:
+  """Every video file under a folder (recursive, sorted by relative path).
+
+  A file that cannot be decoded is skipped with one UnreadableVideoWarning
+  (per file and process) and the next readable file (index + 1, wrapping) is
+  returned in its place, with its condition, so batches stay full.
+
+  `cond` adds each video's condition as record key 'cond' (see
+  data.conditions.FolderConditions): 'class', the index of its parent folder among
+  `class_names`; 'vector', {clip}.npy beside it; 'text', {clip}.txt beside
+  it or (path_as_cond) its parent folder's name.
+  """
+
+  def __init__(
+    self,
+    folder: str | os.PathLike,
+    *,
+    cond: str | None = None,
+    num_classes: int | None = None,
+    cond_dim: int | None = None,
+    path_as_cond: bool = False,
+  ):
+    self._folder = os.fspath(folder)
+    found = []
+    for root, dirs, files in os.walk(self._folder):
+      dirs.sort()
+      found += [os.path.join(root, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
+    if not found:
+      raise DataError(
+        f'{self._folder}: no video files found (searched recursively for '
+        f'{", ".join(VIDEO_EXTENSIONS)})'
+      )
+    self._paths = sorted(found, key=lambda p: os.path.relpath(p, self._folder))
+    self._unreadable: set[str] = set()
+    self._conditions = FolderConditions(
+      self._folder,
+      self._paths,
+      cond,
+      num_classes=num_classes,
+      cond_dim=cond_dim,
+      path_as_cond=path_as_cond,
+    )
+
+  @property
+  def paths(self) -> list[str]:
+    return list(self._paths)
+
+  @property
+  def class_names(self) -> list[str]:
+    """The sorted distinct parent folders (relative, '/'-separated); class k is class_names[k]."""
+    return list(self._conditions.class_names)
+
+  @property
+  def cond_kind(self) -> str | None:
+    return self._conditions.kind
+
+  def condition(self, index: int) -> np.ndarray | None:
+    """The 'cond' of paths[index] (None when unconditional), without decoding the video."""
+    return self._conditions(index, self._paths[index])
+
+  def __len__(self) -> int:
+    return len(self._paths)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    for step in range(len(self._paths)):
+      i = (index + step) % len(self._paths)
+      path = self._paths[i]
+      if path in self._unreadable:
+        continue
+      try:
+        record = _record(read_video(path))
+      except VideoReadError as e:
+        self._unreadable.add(path)
+        warnings.warn(
+          f'skipping unreadable video {path}: {e.reason}', UnreadableVideoWarning, stacklevel=2
+        )
+        continue
+      if self.cond_kind is not None:
+        record['cond'] = self.condition(i)
+      return record
+    raise DataError(f'{self._folder}: none of the {len(self._paths)} video files can be read')
+
+  def __getstate__(self):
+    return {**self.__dict__, '_unreadable': set()}
+
+  def __repr__(self) -> str:
+    cond = '' if self.cond_kind is None else f', cond={self.cond_kind!r}'
+    return f'VideoFolderSource(folder={self._folder!r}, files={len(self._paths)}{cond})'
+
+
+class SyntheticDigitsSource:
+  """Moving digits made on the fly by synthetic.moving_digits(seed, index, ...).
+
+  `cond` adds 'cond' (see data.conditions.add_synthetic_condition): 'class', the
+  class of the clip's one digit; 'vector', the multi-hot of the digits shown;
+  'text', their synthetic.caption.
+  """
+
+  def __init__(
+    self,
+    seed: int,
+    num_frames: int,
+    image_size: int,
+    channels: int,
+    length: int = 2**20,
+    *,
+    cond: str | None = None,
+    num_classes: int | None = None,
+    cond_dim: int | None = None,
+  ):
+    check_synthetic(cond, num_classes, cond_dim)
+    self._args = dict(
+      seed=seed, num_frames=num_frames, image_size=image_size, channels=channels, length=length
+    )
+    if cond is not None:  # unconditional: the repr (part of iterator states) stays as it was
+      self._args['cond'] = cond
+
+  @property
+  def cond_kind(self) -> str | None:
+    return self._args.get('cond')
+
+  def __len__(self) -> int:
+    return self._args['length']
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    a, cond = self._args, self.cond_kind
+    record = moving_digits(
+      a['seed'],
+      int(index),
+      num_frames=a['num_frames'],
+      image_size=a['image_size'],
+      channels=a['channels'],
+      max_digits=1 if cond == 'class' else MAX_DIGITS,
+    )
+    return add_synthetic_condition(cond, record, MAX_DIGITS)
+
+  def __repr__(self) -> str:
+    return 'SyntheticDigitsSource(' + ', '.join(f'{k}={v}' for k, v in self._args.items()) + ')'
+
+
+def make_source(spec: DataSpec):
+  """The source of spec.dataset_path, with the conditions spec.condition asks for.
+
+  None -> SyntheticDigitsSource (seed spec.seed); a path ending in .npy ->
+  MovingMnistSource (unconditional only); a folder -> VideoFolderSource.
+  """
+  c, kind = spec.condition, spec.condition.kind
+  if spec.dataset_path is None:
+    frames, size, _, channels = spec.video_shape
+    return SyntheticDigitsSource(
+      spec.seed, frames, size, channels, cond=kind, num_classes=c.num_classes, cond_dim=c.cond_dim
+    )
+  path = os.path.expanduser(spec.dataset_path)
+  accepted = (
+    'trainer.dataset_path must be a .npy array in Moving MNIST layout, a folder of '
+    f'videos ({", ".join(VIDEO_EXTENSIONS)}), or null for synthetic moving digits'
+  )
+  if os.path.isdir(path):
+    return VideoFolderSource(
+      path,
+      cond=kind,
+      num_classes=c.num_classes,
+      cond_dim=c.cond_dim,
+      path_as_cond=spec.path_as_cond,
+    )
+  if not os.path.exists(path):
+    raise DataError(f'{path}: dataset not found; {accepted}')
+  if path.lower().endswith('.npy') and kind is not None:
+    raise DataError(
+      f'{path}: a Moving MNIST .npy has no labels or texts, so it cannot train a '
+      f'{kind}-conditional model ({KIND_KEYS[kind]} is set); use a folder dataset '
+      'or the synthetic digits (trainer.dataset_path: null), or an unconditional '
+      'model'
+    )
+  if path.lower().endswith('.npy'):
+    return MovingMnistSource(path)
+  raise DataError(f'{path}: not a .npy file or a folder; {accepted}')

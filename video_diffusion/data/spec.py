@@ -1,0 +1,40 @@
+"""DataSpec: what the data pipeline takes from a run config, typed and in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from video_diffusion.conditions.kinds import ConditionSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """The dataset and batches of a run.
+
+  video_shape: (frames, height, width, channels) of the model's videos.
+  batch_size: videos per optimiser step, all processes together
+  (micro-batch x gradient accumulation). dataset_path None = the built-in
+  synthetic digits (drawn from `seed`).
+  """
+
+  dataset_path: str | None
+  video_shape: tuple[int, int, int, int]
+  batch_size: int = 1
+  condition: ConditionSpec = ConditionSpec()
+  path_as_cond: bool = False
+  seed: int = 0
+  workers: int = 0
+
+  @classmethod
+  def from_config(cls, cfg) -> DataSpec:
+    """The data settings of a config.Config."""
+    t, d = cfg.trainer, cfg.diffusion
+    return cls(
+      dataset_path=t.dataset_path,
+      video_shape=(d.num_frames, d.image_size, d.image_size, d.channels),
+      batch_size=t.train_batch_size * t.gradient_accumulate_every,
+      condition=ConditionSpec.from_unet(cfg.unet),
+      path_as_cond=t.use_path_as_cond,
+      seed=t.seed,
+      workers=t.data_workers,
+    )

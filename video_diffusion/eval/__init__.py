@@ -1,0 +1,1 @@
+"""Evaluation: the I3D network, FVD and evaluation of checkpoints and training runs."""

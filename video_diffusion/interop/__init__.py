@@ -1,0 +1,1 @@
+"""Interoperation with PyTorch: torch.save files and video-diffusion-pytorch weights."""

@@ -1,0 +1,123 @@
+"""Attention kernels in a pixels-minor layout, for XLA on CPU.
+
+Channels-last tokens (n, pixels, channels) put the reference's 256-wide
+attention features (heads x dim_head, whatever the U-Net's width) in the minor
+axis, so every einsum over heads needs transposes of those wide arrays, and
+attention over a handful of frames becomes a batched matmul of thousands of
+tiny matrices. Here features are (..., channels, pixels) instead: a projection
+is one matmul per image with the pixels as the long minor axis, the score
+of each pair of frames is an elementwise product summed over dim_head with
+the pixels as vector lanes, and only the narrow (channels wide) input and
+output are transposed. docs/performance.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Frame attention is unrolled over pairs of frames; past this many frames the
+# program grows too large and the batched-matmul form is used instead.
+MAX_UNROLLED_FRAMES = 16
+# Below 16x16 pixels a frame gains little (8x8x64: 26 -> 19 ms forward and
+# backward) for the compile time of the unrolled program.
+MIN_PIXELS = 256
+
+
+def to_pixels_minor(x: jax.Array) -> jax.Array:
+  """(n, pixels, channels) -> (n, channels, pixels)."""
+  return jnp.swapaxes(x, -1, -2)
+
+
+def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x (n, c_in, pixels) times a Linear kernel (c_in, c_out) -> (n, c_out, pixels),
+  as one batched matmul with the kernel shared by the n images."""
+  n = x.shape[0]
+  weights = jnp.broadcast_to(kernel.T.astype(dtype), (n,) + kernel.T.shape)
+  return jax.lax.dot_general(weights, x.astype(dtype), (((2,), (1,)), ((0,), (0,))))
+
+
+def project_qkv(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype, heads: int) -> tuple:
+  """Queries, keys and values (n, heads, dim_head, pixels) of x (n, c_in, pixels)
+  from a to_qkv kernel (c_in, 3 * heads * dim_head): one projection per third,
+  so no wide array is split (or, backward, concatenated)."""
+  return tuple(
+    project(part, x, dtype).reshape(x.shape[0], heads, -1, x.shape[-1])
+    for part in jnp.split(kernel, 3, axis=-1)
+  )
+
+
+def rotate_frames(x: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """The rotary embedding of the frame index on x (b, frames, heads, dim_head, pixels):
+  interleaved pairs of the first 2*len(inv_freq) features of dim_head, in float32."""
+  dtype, x = x.dtype, x.astype(jnp.float32)
+  rot_dim = 2 * inv_freq.shape[0]
+  angles = np.repeat(
+    np.arange(x.shape[1], dtype=np.float32)[:, None] * inv_freq[None, :], 2, axis=-1
+  )[None, :, None, :, None]  # (1, f, 1, rot_dim, 1)
+  head, tail = x[:, :, :, :rot_dim], x[:, :, :, rot_dim:]
+  pairs = head.reshape(head.shape[:3] + (rot_dim // 2, 2) + head.shape[-1:])
+  rotated_half = jnp.stack([-pairs[:, :, :, :, 1], pairs[:, :, :, :, 0]], axis=4)
+  head = head * jnp.cos(angles) + rotated_half.reshape(head.shape) * jnp.sin(angles)
+  return jnp.concatenate([head, tail], axis=3).astype(dtype)
+
+
+def _scores(q, k):
+  """(b, i, j, heads, pixels) float32: q_i . k_j over dim_head, each pair a fused loop."""
+  f = q.shape[1]
+  return jnp.stack(
+    [
+      jnp.stack([jnp.sum(q[:, i] * k[:, j], axis=2, dtype=jnp.float32) for j in range(f)], axis=1)
+      for i in range(f)
+    ],
+    axis=1,
+  )
+
+
+def _mix(weights, values, over_first: bool):
+  """sum_j weights[:, i, j] * values[:, j] for each i (over_first=False), or
+  sum_i weights[:, i, j] * values[:, i] for each j (True); values (b, f, h, d, p)."""
+  f = values.shape[1]
+  dtype = values.dtype
+  pick = (lambda a, b: weights[:, b, a]) if over_first else (lambda a, b: weights[:, a, b])
+  return jnp.stack(
+    [sum(pick(a, b)[:, :, None].astype(dtype) * values[:, b] for b in range(f)) for a in range(f)],
+    axis=1,
+  )
+
+
+def _attend_forward(q, k, v, bias):
+  weights = jax.nn.softmax(_scores(q, k) + bias, axis=2)
+  return _mix(weights, v, over_first=False), weights
+
+
+@jax.custom_vjp
+def attend_frames(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+  """Softmax attention across frames at every pixel.
+
+  q, k, v: (batch, frames, heads, dim_head, pixels), q already scaled; bias
+  (frames, frames, heads, 1) is added to the float32 scores. Returns
+  (batch, frames, heads, dim_head, pixels). The backward pass is written out
+  in the same unrolled form, so no (frames x frames x dim_head) product is stored.
+  """
+  return _attend_forward(q, k, v, bias)[0]
+
+
+def _attend_fwd(q, k, v, bias):
+  out, weights = _attend_forward(q, k, v, bias)
+  return out, (q, k, v, weights)
+
+
+def _attend_bwd(residuals, d_out):
+  q, k, v, weights = residuals
+  d_v = _mix(weights, d_out, over_first=True)
+  d_weights = _scores(d_out, v)
+  d_scores = weights * (d_weights - jnp.sum(weights * d_weights, axis=2, keepdims=True))
+  d_q = _mix(d_scores, k, over_first=False).astype(q.dtype)
+  d_k = _mix(d_scores, q, over_first=True).astype(k.dtype)
+  d_bias = jnp.sum(d_scores, axis=(0, 4))[..., None]
+  return d_q, d_k, d_v.astype(v.dtype), d_bias
+
+
+attend_frames.defvjp(_attend_fwd, _attend_bwd)

@@ -1,0 +1,2 @@
+"""What a run reports: the metrics log, TensorBoard events, the loss plot and
+progress bars. JAX-free."""

@@ -1,0 +1,1 @@
+"""Training: the train state, optimiser, pure train step, run set-up and loop."""

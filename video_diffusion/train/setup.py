@@ -1,0 +1,121 @@
+"""Starting a training run, one job per function: the mesh, the resume policy,
+the loader, the state (restored or fresh) and the compiled step.
+
+Each takes the config section or values it needs and raises TrainingError
+with the fix when the run cannot start.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from jax.sharding import Mesh
+
+from video_diffusion.checkpointing.checkpointer import Checkpointer, model_mismatch
+from video_diffusion.config import Config, TrainerConfig, config_to_dict
+from video_diffusion.data import loader as data_loader
+from video_diffusion.data.spec import DataSpec
+from video_diffusion.parallel import sharding
+from video_diffusion.train import step as train_step_lib
+from video_diffusion.train.state import TrainState, init_train_state
+
+
+class TrainingError(RuntimeError):
+  """Training cannot start or go on; the message says why and what to do."""
+
+
+def training_mesh(t: TrainerConfig, devices=None) -> Mesh:
+  """The (data, fsdp) mesh of trainer.mesh_data and trainer.mesh_fsdp, checked
+  against the micro-batch."""
+  try:
+    mesh = sharding.make_mesh(t.mesh_data, t.mesh_fsdp, devices)
+    sharding.check_batch(t.train_batch_size, mesh)
+  except sharding.MeshError as e:
+    raise TrainingError(str(e)) from None
+  return mesh
+
+
+def resume_policy(requested: int, existing: list[int], checkpoint_dir: str) -> int:
+  """The step to resume from (0 = start afresh): -1 = the newest of `existing`,
+  or afresh when there is none; refuses to start afresh over checkpoints."""
+  if requested == -1 and not existing:
+    print(f'no checkpoint in {checkpoint_dir} yet: starting afresh', file=sys.stderr)
+    return 0
+  if requested == 0 and existing:
+    raise TrainingError(
+      f'{checkpoint_dir} already holds checkpoints (steps {", ".join(map(str, existing))}); '
+      'continue with --resume_step -1 (newest) or --resume_step N, or set '
+      'trainer.checkpoint_dir_path / trainer.results_folder to start a new run'
+    )
+  return requested
+
+
+def training_loader(cfg: Config, process_index: int, process_count: int):
+  """This process's loader of the run's data (DataSpec.from_config)."""
+  spec = DataSpec.from_config(cfg)
+  return data_loader.make_loader(spec, process_index=process_index, process_count=process_count)
+
+
+def restore_or_init(
+  ckpt: Checkpointer,
+  cfg: Config,
+  resume_step: int,
+  params,
+  tx,
+  shardings,
+  loader,
+  process_index: int = 0,
+  process_count: int = 1,
+):
+  """(state, batch iterator): fresh at step 0 from `params`, or checkpoint
+  `resume_step` restored into `shardings` with the data iterator where it was.
+  `params` may be abstract (ShapeDtypeStructs) when resuming."""
+  seed = cfg.trainer.seed
+  if resume_step == 0:
+    return jax.device_put(init_train_state(params, tx, seed), shardings), iter(loader)
+  abstract = jax.eval_shape(lambda p: init_train_state(p, tx, seed), params)
+  target = sharding.with_shardings(abstract, shardings)
+  try:
+    resume_step = ckpt.resolve_step(resume_step)
+  except FileNotFoundError as e:
+    raise TrainingError(f'cannot resume: {e}') from None
+  mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(resume_step))
+  if mismatch:
+    raise TrainingError(
+      f'cannot resume from step {resume_step} in {ckpt.directory}: '
+      f'{mismatch}; resume with the model settings it was trained with, '
+      'or start a new run in another checkpoint folder'
+    )
+  state, data_state, _ = ckpt.restore(resume_step, target)
+  if 'processes' in data_state or process_count > 1:
+    saved = data_state.get('processes', [data_state])
+    if len(saved) != process_count:
+      raise TrainingError(
+        f'checkpoint {resume_step} was written by {len(saved)} '
+        f'process(es); resume it with as many (here: {process_count})'
+      )
+    data_state = saved[process_index]
+  return state, data_loader.restore_iterator(loader, data_state)
+
+
+def compile_train_step(
+  cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh, has_cond: bool
+):
+  """The jitted train step over `mesh`, donating the state."""
+  step_fn = train_step_lib.make_train_step(
+    graphdef, constants, tx, train_step_lib.StepOptions.from_config(cfg), schedule
+  )
+  batch_sharding = sharding.batch_sharding(mesh)
+  return jax.jit(
+    step_fn,
+    donate_argnums=0,
+    in_shardings=(state_shardings, batch_sharding, batch_sharding if has_cond else None),
+    out_shardings=(state_shardings, sharding.replicated(mesh)),
+  )
+
+
+def state_shardings_of(params, tx, seed: int, mesh: Mesh) -> TrainState:
+  """Shardings of the train state of `params` (real or abstract) on `mesh`."""
+  abstract = jax.eval_shape(lambda p: init_train_state(p, tx, seed), params)
+  return sharding.state_shardings(abstract, mesh)
