@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The PyTorch original, for benchmarks/bench.py's reference columns only.
 REF_VENV := .venv-reference
 
-.PHONY: setup demo demo-fvd test bench profile fixtures
+.PHONY: setup demo demo-fvd test test-fast lint bench profile fixtures
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,15 @@ demo-fvd: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Everyday subset: everything but the tests marked slow (end-to-end runs, subprocesses).
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+# ruff lint and format check (configured in pyproject.toml).
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 $(REF_VENV)/.installed:
 	$(PYTHON) -m venv $(REF_VENV)

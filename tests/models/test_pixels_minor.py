@@ -8,6 +8,7 @@ from flax import nnx
 
 from video_diffusion.models import pixels_minor
 from video_diffusion.models.attention import TemporalAttention, apply_rotary, rotary_frequencies
+from video_diffusion.models.init import torch_default_init
 
 
 def plain_attention(q, k, v, bias):
@@ -41,6 +42,7 @@ def test_rotate_frames_equals_the_rotary_embedding_along_frames():
 @pytest.mark.parametrize('focus', [None, 'mixed'])
 def test_temporal_attention_layouts_agree_with_gradients(focus):
   layer = TemporalAttention(8, heads=2, dim_head=16, rngs=nnx.Rngs(0))
+  torch_default_init(layer, 0)  # a layer alone holds shapes; Unet3D sets its own weights
   x = jax.random.normal(jax.random.key(2), (2, 4, 3, 3, 8))  # (b, f, h, w, c)
   pos_bias = jax.random.normal(jax.random.key(3), (2, 4, 4))
   mask = None if focus is None else jnp.array([True, False])

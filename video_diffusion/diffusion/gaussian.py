@@ -18,7 +18,7 @@ from flax import nnx
 from video_diffusion.diffusion import samplers
 from video_diffusion.diffusion.objectives import LOSS_WEIGHTINGS, LOSSES, get_objective
 from video_diffusion.diffusion.pixels import normalize_img
-from video_diffusion.diffusion.schedule import NoiseSchedule
+from video_diffusion.diffusion.schedule import BUFFER_NAMES, NoiseSchedule
 
 
 class GaussianDiffusion(nnx.Module):
@@ -220,3 +220,8 @@ class GaussianDiffusion(nnx.Module):
     t = jax.random.randint(t_key, (x.shape[0],), 0, self.num_timesteps)
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
     return self.p_losses(normalize_img(x), t, noise, cond=cond, key=model_key, **kwargs)
+
+
+# The reference's buffers stay readable on the model (diffusion.alphas_cumprod, ...).
+for _name in BUFFER_NAMES:
+  setattr(GaussianDiffusion, _name, property(lambda self, n=_name: getattr(self.schedule, n)))

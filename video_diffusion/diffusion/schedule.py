@@ -33,6 +33,22 @@ def linear_beta_schedule(timesteps: int) -> np.ndarray:
 BETA_SCHEDULES = {'cosine': cosine_beta_schedule, 'linear': linear_beta_schedule}
 
 
+BUFFER_NAMES = (
+  'betas',
+  'alphas_cumprod',
+  'alphas_cumprod_prev',
+  'sqrt_alphas_cumprod',
+  'sqrt_one_minus_alphas_cumprod',
+  'log_one_minus_alphas_cumprod',
+  'sqrt_recip_alphas_cumprod',
+  'sqrt_recipm1_alphas_cumprod',
+  'posterior_variance',
+  'posterior_log_variance_clipped',
+  'posterior_mean_coef1',
+  'posterior_mean_coef2',
+)
+
+
 class Buffer(nnx.Variable):
   """A constant array of the model state (not trained)."""
 

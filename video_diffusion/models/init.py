@@ -5,7 +5,8 @@ module's constructor then calls `torch_default_init(module, weight_seed(rngs))`,
 which draws every parameter once with numpy. No XLA program is compiled (an
 eager or jitted JAX initialisation compiles for ~10 s on a CPU), and
 `Unet3D(..., rngs=nnx.Rngs(s))` is exactly the model of a config with
-`unet.rngs_seed: s`.
+`unet.rngs_seed: s`. A layer built on its own (outside Unet3D) holds shapes
+only until `torch_default_init(layer, seed)` sets its weights.
 """
 
 from __future__ import annotations
