@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from video_diffusion.data import video_io
 
+pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
+
 TINY = {
   'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
   'diffusion': dict(image_size=16, num_frames=4, channels=1, timesteps=8, loss_type='l2'),

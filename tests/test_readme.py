@@ -4,6 +4,10 @@ import pathlib
 import re
 import shutil
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs every README snippet; left out of `make test-fast`
+
 README = pathlib.Path(__file__).parent.parent / 'README.md'
 # Same code, small enough for CI: (pattern, replacement) applied to the snippets.
 SHRINK = [

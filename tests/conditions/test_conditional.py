@@ -17,6 +17,8 @@ from video_diffusion.config import config_from_dict
 from video_diffusion.data import video_io
 from video_diffusion.train import loop as trainer
 
+pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
+
 TINY_BERT = FIXTURES / 'tiny_bert'
 
 

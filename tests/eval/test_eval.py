@@ -10,6 +10,8 @@ import yaml
 from conftest import ROOT
 from test_cli import TINY, read_scalars, run
 
+pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
+
 EVAL = dict(eval_every=2, eval_num_videos=2, eval_sampler='ddim', eval_steps=2)
 
 

@@ -55,6 +55,7 @@ def eight_devices():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh', ['8x1', '4x2', '2x4'])
 def test_one_step_on_a_mesh_equals_one_device(eight_devices, mesh):
   """Same loss and updated params as one device, up to float32 reduction order:
@@ -72,6 +73,7 @@ def test_one_step_on_a_mesh_equals_one_device(eight_devices, mesh):
     assert r['shard_fraction'] == [1 / fsdp] * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'direction, devices, fsdp_leaves', [('4x2->1', 1, False), ('1->4x2', 8, True)]
 )
@@ -82,6 +84,7 @@ def test_checkpoints_restore_on_another_mesh(eight_devices, direction, devices, 
   assert (r['fsdp_leaves'] > 0) == fsdp_leaves
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mesh', ['8x1', '4x2'])
 def test_sampling_is_split_over_the_devices(eight_devices, mesh):
   """Same videos as one device (float32 reduction order: within 1e-4), and each
@@ -92,6 +95,7 @@ def test_sampling_is_split_over_the_devices(eight_devices, mesh):
   assert r[mesh]['temp'] < 0.4 * r['ref_temp']
 
 
+@pytest.mark.slow
 def test_a_sampling_batch_that_does_not_split_is_padded(eight_devices):
   r = eight_devices['sampling']['3_on_8']
   assert r['shape'] == [3, 3, 8, 8, 1] and r['padded'] == 8

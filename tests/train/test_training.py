@@ -19,6 +19,8 @@ from video_diffusion.train import loop as trainer
 from video_diffusion.train.optimizer import make_optimizer
 from video_diffusion.train.state import init_train_state
 
+pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
+
 TINY = {
   'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
   'diffusion': dict(image_size=16, num_frames=4, channels=1, timesteps=10, loss_type='l2'),
