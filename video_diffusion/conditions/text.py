@@ -127,7 +127,7 @@ def _read_config(path: str) -> dict:
       raise TextEncoderError(f'{path} is not valid JSON ({e})') from e
 
 
-def load_config(path: str) -> BertConfig:
+def load_bert_config(path: str) -> BertConfig:
   """The BertConfig of a Hugging Face config.json; rejects what the encoder cannot run."""
   raw = _read_config(path)
   fields = BertConfig.__dataclass_fields__
@@ -242,7 +242,7 @@ class TextEncoder:
     config_path = _require(folder, 'config.json')
     weights_path = _require(folder, 'model.safetensors')
     tokenizer_path = _require(folder, 'tokenizer.json')
-    config = load_config(config_path)
+    config = load_bert_config(config_path)
     try:
       tokenizer = tokenizers.Tokenizer.from_file(tokenizer_path)
     except Exception as e:  # tokenizers raises a bare Exception on a bad file
