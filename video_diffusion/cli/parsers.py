@@ -26,6 +26,67 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
   )
 
 
+def _add_checkpoint(parser: argparse.ArgumentParser, use: str) -> None:
+  """--checkpoint-path, --step, --config and --load-ema-params; `use` is what
+  the command does with the weights ('sample from', 'evaluate')."""
+  parser.add_argument(
+    '--checkpoint-path',
+    default=None,
+    metavar='DIR',
+    help="checkpoint folder of a run (default: the config's "
+    'trainer.checkpoint_dir_path, or <results_folder>/checkpoints).',
+  )
+  parser.add_argument(
+    '--step',
+    type=int,
+    default=-1,
+    metavar='N',
+    help='training step of the checkpoint; -1 = the newest (default).',
+  )
+  parser.add_argument(
+    '--config',
+    default=DEFAULT_CONFIG,
+    help=f'YAML config of the model (default: {DEFAULT_CONFIG}); its model '
+    "sections must match the checkpoint's.",
+  )
+  parser.add_argument(
+    '--load-ema-params',
+    action='store_true',
+    help=f'{use} the EMA weights instead of the raw weights.',
+  )
+
+
+def _add_sampler(group) -> None:
+  """--sampler, --steps, --eta and --cond-scale."""
+  group.add_argument(
+    '--sampler',
+    choices=tuple(SAMPLER_STEPS),
+    default='ddpm',
+    help='ddpm: ancestral over all timesteps (the reference); ddim: DDIM; '
+    'dpmpp: DPM-Solver++(2M). Default: ddpm.',
+  )
+  group.add_argument(
+    '--steps',
+    type=int,
+    default=None,
+    metavar='N',
+    help=f'model calls per video (default: {steps_help()}).',
+  )
+  group.add_argument(
+    '--eta',
+    type=float,
+    default=0.0,
+    help='DDIM noise: 0 deterministic (default), 1 ancestral-like.',
+  )
+  group.add_argument(
+    '--cond-scale',
+    type=float,
+    default=None,
+    metavar='W',
+    help='classifier-free guidance scale (default: trainer.cond_scale).',
+  )
+
+
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog=prog,
@@ -89,20 +150,7 @@ def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
     description='Sample videos from a training checkpoint into GIFs: '
     'sample_1.gif ... sample_N.gif and grid.gif in --output-path.',
   )
-  parser.add_argument(
-    '--checkpoint-path',
-    default=None,
-    metavar='DIR',
-    help="checkpoint folder of a run (default: the config's "
-    'trainer.checkpoint_dir_path, or <results_folder>/checkpoints).',
-  )
-  parser.add_argument(
-    '--step',
-    type=int,
-    default=-1,
-    metavar='N',
-    help='training step of the checkpoint; -1 = the newest (default).',
-  )
+  _add_checkpoint(parser, 'use')
   parser.add_argument(
     '--output-path',
     default=None,
@@ -110,50 +158,14 @@ def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
     help='folder for the GIFs (default: <results_folder>/samples-step<N>).',
   )
   parser.add_argument(
-    '--config',
-    default=DEFAULT_CONFIG,
-    help=f'YAML config of the model (default: {DEFAULT_CONFIG}); its model '
-    "sections must match the checkpoint's.",
-  )
-  parser.add_argument(
     '--seed', type=int, default=0, metavar='N', help='seed of the sampling noise (default: 0).'
-  )
-  parser.add_argument(
-    '--load-ema-params', action='store_true', help='use the EMA weights instead of the raw weights.'
   )
   parser.add_argument(
     '--batch-size', type=int, default=16, metavar='N', help='videos to generate (default: 16).'
   )
   parser.add_argument('--fps', type=int, default=8, help='GIF frames per second (default: 8).')
-  how = parser.add_argument_group('sampler')
-  how.add_argument(
-    '--sampler',
-    choices=tuple(SAMPLER_STEPS),
-    default='ddpm',
-    help='ddpm: ancestral over all timesteps (the reference); ddim: DDIM; '
-    'dpmpp: DPM-Solver++(2M). Default: ddpm.',
-  )
-  how.add_argument(
-    '--steps',
-    type=int,
-    default=None,
-    metavar='N',
-    help=f'model calls per video (default: {steps_help()}).',
-  )
-  how.add_argument(
-    '--eta',
-    type=float,
-    default=0.0,
-    help='DDIM noise: 0 deterministic (default), 1 ancestral-like.',
-  )
+  _add_sampler(parser.add_argument_group('sampler'))
   what = parser.add_argument_group('condition')
-  what.add_argument(
-    '--cond-scale',
-    type=float,
-    default=None,
-    metavar='W',
-    help='classifier-free guidance scale (default: trainer.cond_scale).',
-  )
   what.add_argument(
     '--class',
     dest='labels',
@@ -233,29 +245,7 @@ def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
     'held-out real videos of the configured dataset, with the real-vs-real FVD of two '
     'disjoint real sets; writes a JSON file and prints one line.',
   )
-  parser.add_argument(
-    '--checkpoint-path',
-    default=None,
-    metavar='DIR',
-    help="checkpoint folder of a run (default: the config's).",
-  )
-  parser.add_argument(
-    '--step',
-    type=int,
-    default=-1,
-    metavar='N',
-    help='training step of the checkpoint; -1 = the newest (default).',
-  )
-  parser.add_argument(
-    '--config',
-    default=DEFAULT_CONFIG,
-    help=f'YAML config of the model (default: {DEFAULT_CONFIG}).',
-  )
-  parser.add_argument(
-    '--load-ema-params',
-    action='store_true',
-    help='evaluate the EMA weights instead of the raw weights.',
-  )
+  _add_checkpoint(parser, 'evaluate')
   parser.add_argument(
     '--num-videos',
     type=int,
@@ -270,27 +260,7 @@ def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
     metavar='N',
     help='videos per sampling call (default: 16).',
   )
-  parser.add_argument(
-    '--sampler',
-    choices=tuple(SAMPLER_STEPS),
-    default='ddpm',
-    help='sampler of the generated videos (default: ddpm).',
-  )
-  parser.add_argument(
-    '--steps',
-    type=int,
-    default=None,
-    metavar='N',
-    help=f'model calls per video (default: {steps_help()}).',
-  )
-  parser.add_argument('--eta', type=float, default=0.0, help='DDIM noise (default: 0).')
-  parser.add_argument(
-    '--cond-scale',
-    type=float,
-    default=None,
-    metavar='W',
-    help='classifier-free guidance scale (default: trainer.cond_scale).',
-  )
+  _add_sampler(parser)
   parser.add_argument(
     '--seed',
     type=int,
