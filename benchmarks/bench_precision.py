@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from bench_model import (  # noqa: E402
+from bench_model import (
   CONFIGS,
   build_model,
   child_env,

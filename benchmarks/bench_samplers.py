@@ -21,9 +21,9 @@ import os
 import sys
 import time
 
-from bench_model import CONFIGS, REFERENCE, build_model, config_names, cpu_model, markdown  # noqa: E402
+from bench_model import CONFIGS, REFERENCE, build_model, config_names, cpu_model, markdown
 
-from video_diffusion.runtime.allocator import active_allocator, allocator_env  # noqa: E402
+from video_diffusion.runtime.allocator import active_allocator, allocator_env
 
 
 def time_sampler(diffusion_parts, sampler, batch: int, seed: int = 0) -> tuple[float, float]:

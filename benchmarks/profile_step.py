@@ -26,7 +26,7 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
 ).strip()
 
-from bench_model import CONFIGS, build_model, markdown  # noqa: E402
+from bench_model import CONFIGS, build_model, markdown
 
 # Innermost first: an op under temporal_attention/qkv_projection is a projection.
 SCOPES = (
@@ -135,7 +135,7 @@ def tables(name: str, seconds: collections.Counter, wall: float, top: int) -> st
   parts = sorted(
     {p for p, _ in by_part}, key=lambda p: -(by_part[p, 'forward'] + by_part[p, 'backward'])
   )
-  pct = lambda s: f'{100 * s / total:.1f}%'  # noqa: E731
+  pct = lambda s: f'{100 * s / total:.1f}%'
   rows = [
     [
       p,

@@ -17,8 +17,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from video_diffusion.config import load_config  # noqa: E402
-from video_diffusion.data import video_io  # noqa: E402
+from video_diffusion.config import load_config
+from video_diffusion.data import video_io
 from video_diffusion.diffusion import samplers
 from video_diffusion.inference import checkpoint, gifs, sampling
 

@@ -22,7 +22,7 @@ def test_frame_attention_values_and_gradients_match_the_plain_formula():
   q, k, v = (jax.random.normal(key, (2, 5, 3, 8, 6)) for key in keys[:3])
   bias = jax.random.normal(keys[3], (5, 5, 3, 1))
   cotangent = jax.random.normal(keys[4], q.shape)
-  loss = lambda fn: lambda *args: jnp.sum(fn(*args) * cotangent)  # noqa: E731
+  loss = lambda fn: lambda *args: jnp.sum(fn(*args) * cotangent)
   np.testing.assert_allclose(
     pixels_minor.attend_frames(q, k, v, bias), plain_attention(q, k, v, bias), atol=1e-5
   )

@@ -91,7 +91,7 @@ def _grad_jaxpr(**trainer) -> str:
   """The jaxpr text of the loss gradient of a variant's model."""
   x_start, t, noise = _inputs()
   graphdef, params, constants = split_diffusion(_cfg(**trainer), abstract=True)
-  loss = lambda p: nnx.merge(graphdef, p, constants).p_losses(x_start, t, noise)  # noqa: E731
+  loss = lambda p: nnx.merge(graphdef, p, constants).p_losses(x_start, t, noise)
   return str(jax.make_jaxpr(jax.grad(loss))(params))
 
 

@@ -9,19 +9,19 @@ import os
 
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
 
-import json  # noqa: E402
-import tempfile  # noqa: E402
+import json
+import tempfile
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import numpy as np
+import optax
 
-from video_diffusion.checkpointing.checkpointer import Checkpointer  # noqa: E402
-from video_diffusion.config import config_from_dict  # noqa: E402
-from video_diffusion.diffusion.factory import split_diffusion  # noqa: E402
-from video_diffusion.parallel import sharding  # noqa: E402
-from video_diffusion.train import step as ts  # noqa: E402
-from video_diffusion.train.state import init_train_state  # noqa: E402
+from video_diffusion.checkpointing.checkpointer import Checkpointer
+from video_diffusion.config import config_from_dict
+from video_diffusion.diffusion.factory import split_diffusion
+from video_diffusion.parallel import sharding
+from video_diffusion.train import step as ts
+from video_diffusion.train.state import init_train_state
 
 TINY = {
   'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),

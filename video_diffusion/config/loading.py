@@ -260,7 +260,7 @@ def config_from_dict(
       if key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
         where = key_sources.get((section, key), source)
         raise ConfigError(f'{where}: unknown key {section}.{key}{_suggest(section, key)}')
-    where = lambda k, s=section: key_sources.get((s, k), source)  # noqa: E731
+    where = lambda k, s=section: key_sources.get((s, k), source)
     sections[section] = _build_section(section, body, where)
   return _check_together(Config(**sections), source)
 

@@ -31,7 +31,7 @@ class DataSpec:
     t, d = cfg.trainer, cfg.diffusion
     return cls(
       dataset_path=t.dataset_path,
-      video_shape=(d.num_frames, d.image_size, d.image_size, d.channels),
+      video_shape=d.video_shape,
       batch_size=t.train_batch_size * t.gradient_accumulate_every,
       condition=ConditionSpec.from_unet(cfg.unet),
       path_as_cond=t.use_path_as_cond,

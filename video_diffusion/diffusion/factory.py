@@ -23,7 +23,7 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
   u, d = cfg.unet, cfg.diffusion
   # With frame_conditioning the network also reads a mask channel.
   in_channels = u.channels + int(d.frame_conditioning)
-  make_unet = lambda: Unet3D(  # noqa: E731
+  make_unet = lambda: Unet3D(
     dim=u.dim,
     cond_dim=u.cond_dim,
     out_dim=u.out_dim or u.channels,

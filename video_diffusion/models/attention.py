@@ -106,9 +106,7 @@ class Attention(nnx.Module):
     q, k, v = split_heads(q) * self.scale, split_heads(k), split_heads(v)
     if self.rotary_dim is not None:
       inv_freq = rotary_frequencies(self.rotary_dim)
-      rotate = lambda t: (  # noqa: E731
-        apply_rotary(t.astype(jnp.float32), inv_freq).astype(self.dtype)
-      )
+      rotate = lambda t: apply_rotary(t.astype(jnp.float32), inv_freq).astype(self.dtype)
       q, k = rotate(q), rotate(k)
     sim = jnp.einsum('...hid,...hjd->...hij', q, k).astype(jnp.float32)
     if pos_bias is not None:
@@ -222,7 +220,7 @@ class SpatialLinearAttention(nnx.Module):
     tokens = pixels_minor.to_pixels_minor(x.reshape(b * f, h * w, c))
     with jax.named_scope('qkv_projection'):
       q, k, v = pixels_minor.project_qkv(self.to_qkv.kernel[...], tokens, self.dtype, self.heads)
-    softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)  # noqa: E731
+    softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)
     q = (softmax(q, 2) * self.scale).astype(self.dtype)
     k = softmax(k, 3).astype(self.dtype)
     context = jnp.einsum('bhdn,bhen->bhde', k, v)

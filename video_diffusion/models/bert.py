@@ -83,7 +83,7 @@ class BertLayer(nnx.Module):
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     """x (b, n, d); mask (b, n), true where a key may be attended to."""
     b, n, d = x.shape
-    split_heads = lambda t: t.reshape(b, n, self.heads, d // self.heads)  # noqa: E731
+    split_heads = lambda t: t.reshape(b, n, self.heads, d // self.heads)
     q, k, v = split_heads(self.query(x)), split_heads(self.key(x)), split_heads(self.value(x))
     sim = jnp.einsum('bihd,bjhd->bhij', q, k) / math.sqrt(d // self.heads)
     sim = jnp.where(mask[:, None, None, :], sim, jnp.finfo(sim.dtype).min)

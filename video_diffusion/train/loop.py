@@ -16,7 +16,6 @@ import numpy as np
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.conditions import encoding as conditioning
-from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
 from video_diffusion.data import loader as data_loader
 from video_diffusion.diffusion.factory import split_diffusion
@@ -88,14 +87,7 @@ class _Run:
     self.data_state = data_loader.iterator_state(self.batches)  # after the batches of self.step
     self.last_saved = self.step if resume_step != 0 else None
     self.train_step = setup.compile_train_step(
-      cfg,
-      self.graphdef,
-      self.constants,
-      tx,
-      schedule,
-      shardings,
-      self.mesh,
-      condition_kind(cfg) is not None,
+      cfg, self.graphdef, self.constants, tx, schedule, shardings, self.mesh
     )
     self.sample_fn = None
     self.evaluator = None

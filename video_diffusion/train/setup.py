@@ -13,6 +13,7 @@ import jax
 from jax.sharding import Mesh
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer, model_mismatch
+from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, TrainerConfig, config_to_dict
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data.spec import DataSpec
@@ -99,10 +100,10 @@ def restore_or_init(
   return state, data_loader.restore_iterator(loader, data_state)
 
 
-def compile_train_step(
-  cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh, has_cond: bool
-):
-  """The jitted train step over `mesh`, donating the state."""
+def compile_train_step(cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh):
+  """The jitted train step over `mesh`, donating the state; a conditional model's
+  step also takes the condition batch."""
+  has_cond = condition_kind(cfg) is not None
   step_fn = train_step_lib.make_train_step(
     graphdef, constants, tx, train_step_lib.StepOptions.from_config(cfg), schedule
   )
