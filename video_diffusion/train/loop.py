@@ -108,13 +108,16 @@ class _Run:
 
   def train_one_step(self) -> dict:
     """Takes the next batch, runs the compiled step and returns its metrics
-    (numpy); raises TrainingDiverged on a non-finite loss (state unchanged)."""
+    (numpy) with 'step_time', the seconds from the batch in hand to the metrics
+    back; raises TrainingDiverged on a non-finite loss (state unchanged)."""
     batch = next(self.batches)
     cond = self.condition(batch)
+    tick = time.perf_counter()
     videos = sharding.global_batch(batch['video'], self.mesh)
     cond = None if cond is None else sharding.global_batch(cond, self.mesh)
     self.state, metrics = self.train_step(self.state, videos, cond)
     metrics = jax.device_get(metrics)
+    metrics['step_time'] = time.perf_counter() - tick
     if not metrics['finite']:
       kept = (
         f'the last checkpoint (step {self.last_saved}) is kept'
@@ -196,14 +199,13 @@ def train(
   loss, start_step, profiling = None, run.step, False
   try:
     while run.step < t.train_num_steps:
-      tick = time.perf_counter()
       metrics = run.train_one_step()
       loss = float(metrics['loss'])
       logged = {
         'loss': loss,
         'lr': float(metrics['lr']),
         'grad_norm': float(metrics['grad_norm']),
-        'step_time': time.perf_counter() - tick,
+        'step_time': metrics['step_time'],
       }
       if run.evaluator is not None and run.step % t.eval_every == 0:
         fvd = run.evaluator(run.state.ema_params, run.step)  # every process samples
