@@ -46,7 +46,9 @@ def default_cond_frames(num_frames: int) -> int:
 
 
 def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-  return _rule(lambda v: v in allowed, f'one of {", ".join(map(repr, allowed))}')
+  check = _rule(lambda v: v in allowed, f'one of {", ".join(map(repr, allowed))}')
+  check.allowed = allowed  # the choices, for comparing with the registries that use them
+  return check
 
 
 def _key(default, help: str, check: Callable[[Any], str | None] | None = None):
