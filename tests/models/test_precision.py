@@ -59,6 +59,7 @@ def _flat(tree):
   return np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(tree)])
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_params_stay_float32_with_the_same_tree(results):
   ref = jax.tree.map(lambda a: (a.shape, a.dtype), results['f32'][0])
   for name in VARIANTS:
@@ -68,6 +69,7 @@ def test_params_stay_float32_with_the_same_tree(results):
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_bfloat16_loss_and_grads_are_close_to_float32(results):
   _, loss32, grads32 = results['f32']
   _, loss16, grads16 = results['bf16']
@@ -78,6 +80,7 @@ def test_bfloat16_loss_and_grads_are_close_to_float32(results):
   assert cosine > BF16_GRAD_MIN_COSINE
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_remat_gives_the_same_loss_and_grads(results):
   _, loss, grads = results['f32']
   _, loss_remat, grads_remat = results['remat']

@@ -47,6 +47,7 @@ def _max_diff(a, b):
   return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_accumulation_equals_one_step_on_the_concatenated_batch(tiny_model, sgd_steps):
   _, params, _ = tiny_model
   state = init_train_state(params, SGD, seed=3)
@@ -63,6 +64,7 @@ def test_accumulation_equals_one_step_on_the_concatenated_batch(tiny_model, sgd_
   assert _max_diff(other_state.params, one_state.params) > 1e-3 * grad_scale
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_noise_draws_differ_between_steps_and_seeds(tiny_model, sgd_steps):
   _, params, _ = tiny_model
   videos = _videos(2)
@@ -132,6 +134,7 @@ def test_optimizer_clips_to_max_grad_norm():
   np.testing.assert_allclose(opt_state[0].mu['w'], [0.3, 0.4], rtol=1e-6)
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_example_noise_is_per_video_and_honours_its_probabilities():
   keys = jax.random.split(jax.random.key(0), 2000)
   options = ts.StepOptions(prob_focus_present=0.3, cond_drop_prob=0.2)
@@ -149,6 +152,7 @@ def test_example_noise_is_per_video_and_honours_its_probabilities():
   assert not bool(never['focus'].any()) and not bool(never['null'].any())
 
 
+@pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_frame_masks_mix_generation_prediction_and_interpolation():
   options = ts.StepOptions(
     frame_conditioning=True,
