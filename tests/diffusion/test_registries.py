@@ -4,10 +4,12 @@ import dataclasses
 
 import pytest
 
-from video_diffusion.config import DiffusionConfig, TrainerConfig
+from video_diffusion.config import DiffusionConfig, DiTConfig, TrainerConfig
+from video_diffusion.diffusion.factory import BACKBONES
 from video_diffusion.diffusion.objectives import LOSS_WEIGHTINGS, LOSSES, OBJECTIVES
 from video_diffusion.diffusion.samplers import SAMPLERS
-from video_diffusion.diffusion.schedule import BETA_SCHEDULES
+from video_diffusion.diffusion.schedule import BETA_SCHEDULES, TIME_SAMPLINGS
+from video_diffusion.models.dit import ATTENTIONS, POSITIONS
 
 
 def choices(cls, key):
@@ -23,6 +25,10 @@ def choices(cls, key):
     (DiffusionConfig, 'loss_type', LOSSES),
     (DiffusionConfig, 'loss_weighting', LOSS_WEIGHTINGS),
     (TrainerConfig, 'eval_sampler', SAMPLERS),
+    (DiffusionConfig, 'backbone', BACKBONES),
+    (DiffusionConfig, 'time_sampling', TIME_SAMPLINGS),
+    (DiTConfig, 'attention', ATTENTIONS),
+    (DiTConfig, 'positions', POSITIONS),
   ],
 )
 def test_config_choices_match_the_registry(cls, key, registry):

@@ -207,8 +207,10 @@ def test_sampler_choice_is_checked():
     samplers.get_sampler('ddpm', 100, steps=10)
   with pytest.raises(ValueError, match=r'steps must be in \[1, 100\]'):
     samplers.get_sampler('ddim', 100, steps=500)
-  with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-    samplers.get_sampler('euler', 100)
+  with pytest.raises(ValueError, match="unknown sampler 'lms'"):
+    samplers.get_sampler('lms', 100)
+  with pytest.raises(ValueError, match='eta is a setting of the ddim sampler, not of dpmpp'):
+    samplers.get_sampler('dpmpp', 100, eta=1.0)
 
 
 def test_timesteps_are_descending_and_end_without_noise():

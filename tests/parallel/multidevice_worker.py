@@ -34,6 +34,15 @@ TINY = {
     update_ema_every=1,
   ),
 }
+# `multidevice_worker.py dit`: the same checks for the DiT backbone with flow matching.
+DIT = {
+  'unet': dict(channels=1),
+  'diffusion': dict(
+    backbone='dit', objective='flow', image_size=8, num_frames=3, channels=1, loss_type='l2'
+  ),
+  'dit': dict(width=32, depth=2, heads=2, patch_size=2),
+  'trainer': TINY['trainer'],
+}
 SGD = optax.sgd(1.0)  # params move by minus the gradient: differences are gradient differences
 
 
@@ -44,9 +53,21 @@ def leaves_max_diff(a, b) -> float:
   )
 
 
-def main() -> None:
-  cfg = config_from_dict(TINY)
+def randomised(params):
+  """Every parameter moved by noise, so that the DiT's zero-initialised layers
+  do not zero the gradients of the others."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(5), len(leaves))
+  return jax.tree.unflatten(
+    tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  )
+
+
+def main(model: str) -> None:
+  cfg = config_from_dict(DIT if model == 'dit' else TINY)
   graphdef, params, constants = split_diffusion(cfg)
+  if model == 'dit':
+    params = randomised(params)
   state0 = init_train_state(params, SGD, seed=0)
   step_fn = ts.make_train_step(graphdef, constants, SGD, ts.StepOptions.from_config(cfg))
   videos = np.random.default_rng(0).integers(0, 256, (8, 3, 8, 8, 1), dtype=np.uint8)
@@ -68,7 +89,7 @@ def main() -> None:
   grad_scale = leaves_max_diff(ref_state.params, state0.params)
   report = {'grad_scale': grad_scale, 'loss': float(ref_metrics['loss']), 'meshes': {}}
   states = {}
-  for data, fsdp in [(8, 1), (4, 2), (2, 4)]:
+  for data, fsdp in [(8, 1), (4, 2)] + ([] if model == 'dit' else [(2, 4)]):
     mesh, state, metrics = train_on(data, fsdp)
     states[(data, fsdp)] = state
     leaves = jax.tree.leaves(state.params)
@@ -85,6 +106,10 @@ def main() -> None:
       'devices_of_a_param': len(leaves[0].sharding.device_set),
     }
 
+  if model == 'dit':
+    report['sampling'] = sample_on_meshes(cfg, graphdef, constants, ref_state.params)
+    print(json.dumps(report))
+    return
   # A checkpoint written on (4, 2) restores on one device, and one from one device on (4, 2).
   report['checkpoint'] = {}
   one = sharding.make_mesh(1, 1, jax.devices()[:1])
@@ -112,16 +137,18 @@ def main() -> None:
 
 
 def sample_on_meshes(cfg, graphdef, constants, params) -> dict:
-  """DDIM samples of 8 videos on 1 device and on 8x1 / 4x2 meshes, and of 3 on
-  8 devices (padded to 8); the compiled sampler's per-device scratch memory."""
-  from video_diffusion.diffusion.samplers import DDIM
+  """DDIM (Euler for a flow model) samples of 8 videos on 1 device and on 8x1 /
+  4x2 meshes, and of 3 on 8 devices (padded to 8); the compiled sampler's
+  per-device scratch memory."""
+  from video_diffusion.diffusion.samplers import DDIM, Euler
   from video_diffusion.inference.sampling import compile_sample_fn
 
   key = jax.random.key(1)
+  sampler = Euler(3) if cfg.diffusion.is_flow else DDIM(3, 0.0)
 
   def run(data, fsdp, batch):
     mesh = sharding.make_mesh(data, fsdp, jax.devices()[: data * fsdp])
-    sample = compile_sample_fn(graphdef, constants, batch, sampler=DDIM(3, 0.0), mesh=mesh)
+    sample = compile_sample_fn(graphdef, constants, batch, sampler=sampler, mesh=mesh)
     videos = sample(params, key)
     placed = jax.device_put(params, sharding.tree_shardings(params, mesh))
     key_data = jax.device_put(jax.random.key_data(key), sharding.replicated(mesh))
@@ -148,4 +175,6 @@ def sample_on_meshes(cfg, graphdef, constants, params) -> dict:
 
 
 if __name__ == '__main__':
-  main()
+  import sys
+
+  main(sys.argv[1] if len(sys.argv) > 1 else 'unet3d')

@@ -42,10 +42,9 @@ def test_a_batch_that_does_not_split_is_refused():
     sharding.check_batch(6, mesh)
 
 
-@pytest.fixture(scope='module')
-def eight_devices():
+def run_worker(model):
   proc = subprocess.run(
-    [sys.executable, str(ROOT / 'tests' / 'parallel' / 'multidevice_worker.py')],
+    [sys.executable, str(ROOT / 'tests' / 'parallel' / 'multidevice_worker.py'), model],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -55,11 +54,28 @@ def eight_devices():
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope='module')
+def eight_devices():
+  return run_worker('unet3d')
+
+
+@pytest.fixture(scope='module')
+def eight_devices_dit():
+  return run_worker('dit')
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('mesh', ['8x1', '4x2', '2x4'])
-def test_one_step_on_a_mesh_equals_one_device(eight_devices, mesh):
+@pytest.mark.parametrize(
+  'model, mesh',
+  [('unet3d', '8x1'), ('unet3d', '4x2'), ('unet3d', '2x4'), ('dit', '8x1'), ('dit', '4x2')],
+)
+def test_one_step_on_a_mesh_equals_one_device(request, model, mesh):
   """Same loss and updated params as one device, up to float32 reduction order:
-  loss within 1e-6 relative, params and EMA within 1e-5 of the update's size."""
+  loss within 1e-6 relative, params and EMA within 1e-5 of the update's size.
+  The DiT (flow matching) follows the same fsdp rule as the Unet3D."""
+  eight_devices = request.getfixturevalue(
+    'eight_devices_dit' if model == 'dit' else 'eight_devices'
+  )
   r = eight_devices['meshes'][mesh]
   scale = eight_devices['grad_scale']
   assert r['loss_diff'] <= 1e-6 * eight_devices['loss']
@@ -85,10 +101,15 @@ def test_checkpoints_restore_on_another_mesh(eight_devices, direction, devices, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mesh', ['8x1', '4x2'])
-def test_sampling_is_split_over_the_devices(eight_devices, mesh):
+@pytest.mark.parametrize(
+  'model, mesh', [('unet3d', '8x1'), ('unet3d', '4x2'), ('dit', '8x1'), ('dit', '4x2')]
+)
+def test_sampling_is_split_over_the_devices(request, model, mesh):
   """Same videos as one device (float32 reduction order: within 1e-4), and each
   device holds about an eighth of the sampler's scratch memory."""
+  eight_devices = request.getfixturevalue(
+    'eight_devices_dit' if model == 'dit' else 'eight_devices'
+  )
   r = eight_devices['sampling']
   assert r['shape'] == [8, 3, 8, 8, 1] and r['std'] > 0.05
   assert r[mesh]['diff'] < 1e-4

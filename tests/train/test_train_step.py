@@ -10,6 +10,7 @@ import pytest
 
 from video_diffusion.config import config_from_dict
 from video_diffusion.diffusion.factory import split_diffusion
+from video_diffusion.diffusion.schedule import NoiseSchedule
 from video_diffusion.train import step as ts
 from video_diffusion.train.optimizer import learning_rate_schedule, make_optimizer
 from video_diffusion.train.state import init_train_state
@@ -134,21 +135,24 @@ def test_optimizer_clips_to_max_grad_norm():
   np.testing.assert_allclose(opt_state[0].mu['w'], [0.3, 0.4], rtol=1e-6)
 
 
+TEN_STEPS = NoiseSchedule('cosine', 10)
+
+
 @pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 def test_example_noise_is_per_video_and_honours_its_probabilities():
   keys = jax.random.split(jax.random.key(0), 2000)
   options = ts.StepOptions(prob_focus_present=0.3, cond_drop_prob=0.2)
-  draws = ts.example_noise(keys, (2, 3, 3, 1), 10, options)
+  draws = ts.example_noise(keys, (2, 3, 3, 1), TEN_STEPS.sample_times, options)
   t = draws['t']
   assert t.shape == (2000,) and int(t.min()) == 0 and int(t.max()) == 9
   assert abs(float(draws['focus'].mean()) - 0.3) < 0.04
   assert abs(float(draws['null'].mean()) - 0.2) < 0.04
   assert abs(float(draws['noise'].std()) - 1.0) < 0.02
   assert not bool(draws['frames'].any())  # no frame_conditioning
-  first4 = ts.example_noise(keys[:4], (2, 3, 3, 1), 10, options)
+  first4 = ts.example_noise(keys[:4], (2, 3, 3, 1), TEN_STEPS.sample_times, options)
   for name in draws:
     np.testing.assert_array_equal(first4[name], draws[name][:4])
-  never = ts.example_noise(keys[:50], (1,), 10, ts.StepOptions())
+  never = ts.example_noise(keys[:50], (1,), TEN_STEPS.sample_times, ts.StepOptions())
   assert not bool(never['focus'].any()) and not bool(never['null'].any())
 
 
@@ -161,7 +165,9 @@ def test_frame_masks_mix_generation_prediction_and_interpolation():
     max_cond_frames=4,
   )
   masks = np.asarray(
-    ts.example_noise(jax.random.split(jax.random.key(1), 3000), (8, 2, 2, 1), 10, options)['frames']
+    ts.example_noise(
+      jax.random.split(jax.random.key(1), 3000), (8, 2, 2, 1), TEN_STEPS.sample_times, options
+    )['frames']
   )
   known = masks.sum(1)
   none = known == 0

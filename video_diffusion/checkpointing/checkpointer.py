@@ -21,9 +21,12 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def model_mismatch(current: dict, saved: dict) -> str | None:
-  """'section.key=saved vs current' for the first model key (unet or diffusion
-  section) where two config dicts differ, or None when the models agree."""
-  for section in ('unet', 'diffusion'):
+  """'section.key=saved vs current' for the first model key (unet, diffusion, and
+  dit for a DiT) where two config dicts differ, or None when the models agree."""
+  sections = ['unet', 'diffusion']
+  if 'dit' in (current['diffusion'].get('backbone'), saved.get('diffusion', {}).get('backbone')):
+    sections.append('dit')
+  for section in sections:
     for key, value in current[section].items():
       old = saved.get(section, {}).get(key, value)
       if old != value:

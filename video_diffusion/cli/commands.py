@@ -171,7 +171,8 @@ def run_eval(args: argparse.Namespace) -> None:
   from video_diffusion.eval import evaluate
 
   try:
-    sampler = samplers.get_sampler(args.sampler, cfg.diffusion.timesteps, args.steps, args.eta)
+    d = cfg.diffusion
+    sampler = samplers.get_sampler(args.sampler, d.timesteps, args.steps, args.eta, flow=d.is_flow)
     eval_dir = os.path.join(cfg.trainer.results_folder, 'eval')
     result = evaluate.evaluate_checkpoint(
       cfg,
@@ -179,7 +180,7 @@ def run_eval(args: argparse.Namespace) -> None:
       step=step,
       ema=args.load_ema_params,
       sampler=sampler,
-      sampler_name=args.sampler,
+      sampler_name=sampler.name,
       num_videos=args.num_videos,
       batch_size=args.batch_size,
       seed=args.seed,
@@ -192,14 +193,14 @@ def run_eval(args: argparse.Namespace) -> None:
   weights, calls = result['weights'], result['model_calls']
   suffix = '-ema' if args.load_ema_params else ''
   output = args.output or os.path.join(
-    eval_dir, f'fvd-step{step}-{args.sampler}{calls}{suffix}.json'
+    eval_dir, f'fvd-step{step}-{sampler.name}{calls}{suffix}.json'
   )
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2)
   print(
     f'FVD {result["fvd"]:.2f} (real vs real {result["fvd_real_vs_real"]:.2f}) on '
-    f'{args.num_videos} videos: step {step}, {weights} weights, {args.sampler}-{calls}; '
+    f'{args.num_videos} videos: step {step}, {weights} weights, {sampler.name}-{calls}; '
     f'{os.path.abspath(output)}'
   )
 
@@ -232,7 +233,7 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
     if failed:
       _fail(message)
   try:
-    sampler = samplers.get_sampler(args.sampler, d.timesteps, args.steps, args.eta)
+    sampler = samplers.get_sampler(args.sampler, d.timesteps, args.steps, args.eta, flow=d.is_flow)
     raw = conditioning.requested_condition(
       cfg, args.batch_size, labels=args.labels, texts=args.texts, cond_path=args.cond_path
     )

@@ -61,16 +61,18 @@ def _add_sampler(group) -> None:
   group.add_argument(
     '--sampler',
     choices=tuple(SAMPLER_STEPS),
-    default='ddpm',
-    help='ddpm: ancestral over all timesteps (the reference); ddim: DDIM; '
-    'dpmpp: DPM-Solver++(2M). Default: ddpm.',
+    default=None,
+    help='for Gaussian models ddpm: ancestral over all timesteps (the reference), ddim: DDIM, '
+    'dpmpp: DPM-Solver++(2M); for flow models euler or heun. Default: ddpm, or euler for '
+    'a flow model.',
   )
   group.add_argument(
     '--steps',
     type=int,
     default=None,
     metavar='N',
-    help=f'model calls per video (default: {steps_help()}).',
+    help=f'steps per video (model calls; heun makes 2 per step but the last) '
+    f'(default: {steps_help()}).',
   )
   group.add_argument(
     '--eta',

@@ -16,7 +16,7 @@ import numpy as np
 
 from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.conditions.text import TextEncoder
-from video_diffusion.models.unet import condition_width
+from video_diffusion.models.conditioning import condition_width
 
 __all__ = [
   'ConditionError',

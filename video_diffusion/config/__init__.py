@@ -1,4 +1,4 @@
-"""Run configs: the schema of the unet, diffusion and trainer sections, and
+"""Run configs: the schema of the unet, diffusion, dit and trainer sections, and
 loading, validating and writing YAML. JAX-free."""
 
 from video_diffusion.config.loading import (
@@ -15,6 +15,7 @@ from video_diffusion.config.schema import (
   SECTIONS,
   Config,
   DiffusionConfig,
+  DiTConfig,
   TrainerConfig,
   UnetConfig,
 )
@@ -23,6 +24,7 @@ __all__ = [
   'SECTIONS',
   'Config',
   'ConfigError',
+  'DiTConfig',
   'DiffusionConfig',
   'TrainerConfig',
   'UnetConfig',

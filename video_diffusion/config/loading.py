@@ -1,7 +1,8 @@
 """YAML run configs for train.py and sample.py: schema, loading, validation.
 
-A config file has three sections, `unet` (Unet3D arguments), `diffusion`
-(GaussianDiffusion arguments) and `trainer` (the training loop). Every key has
+A config file has up to four sections, `unet` (Unet3D arguments), `diffusion`
+(GaussianDiffusion arguments), `dit` (the transformer backbone) and `trainer`
+(the training loop). Every key has
 a default; a file names only what it changes. `load_config` checks the whole
 config (names, types, ranges, agreement between sections) before any work
 starts and raises `ConfigError` naming the file and the key. This module does
@@ -21,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from video_diffusion.config.schema import SECTIONS, Config
+from video_diffusion.config.schema import SECTIONS, Config, default_sampler, sampler_misfit
 
 
 class ConfigError(ValueError):
@@ -156,13 +157,25 @@ def _check_together(cfg: Config, where: str) -> Config:
       d.channels,
       f'the model predicts the noise of every channel; set unet.out_dim to null or {d.channels}',
     )
-  factor = 2 ** (len(u.dim_mults) - 1)
-  if d.image_size % factor:
+  if d.backbone == 'unet3d':
+    factor = 2 ** (len(u.dim_mults) - 1)
+    if d.image_size % factor:
+      raise ConfigError(
+        f'{where}: diffusion.image_size ({d.image_size}) must be divisible by {factor}, '
+        f'since unet.dim_mults ({list(u.dim_mults)}) halves the frame size '
+        f'{len(u.dim_mults) - 1} times; change diffusion.image_size or unet.dim_mults'
+      )
+  else:
+    _check_dit(cfg, where)
+  if d.is_flow and d.loss_weighting != 'none':
     raise ConfigError(
-      f'{where}: diffusion.image_size ({d.image_size}) must be divisible by {factor}, '
-      f'since unet.dim_mults ({list(u.dim_mults)}) halves the frame size '
-      f'{len(u.dim_mults) - 1} times; change diffusion.image_size or unet.dim_mults'
+      f'{where}: diffusion.loss_weighting {d.loss_weighting!r} is for the Gaussian objectives; '
+      'flow matching weighs its times through diffusion.time_sampling: set loss_weighting: none'
     )
+  eval_sampler = t.eval_sampler or default_sampler(d.is_flow, fast=True)
+  misfit = sampler_misfit(eval_sampler, d.is_flow)
+  if misfit:
+    raise ConfigError(f'{where}: trainer.eval_sampler: {misfit}')
   filled = {}
   for key in ('num_frames', 'image_size', 'channels'):
     tv, dv = getattr(t, key), getattr(d, key)
@@ -232,7 +245,30 @@ def _check_together(cfg: Config, where: str) -> Config:
       f'{where}: trainer.lr_decay_start_step is {t.lr_decay_start_step} but '
       'trainer.lr_decay_steps is null; set trainer.lr_decay_steps too'
     )
-  return dataclasses.replace(cfg, trainer=dataclasses.replace(t, mesh_fsdp=fsdp, **filled))
+  return dataclasses.replace(
+    cfg, trainer=dataclasses.replace(t, mesh_fsdp=fsdp, eval_sampler=eval_sampler, **filled)
+  )
+
+
+def _check_dit(cfg: Config, where: str) -> None:
+  """The dit section against the video shape: whole patches, whole heads."""
+  d, m = cfg.diffusion, cfg.dit
+  for size, key, patch, patch_key in (
+    (d.image_size, 'image_size', m.patch_size, 'patch_size'),
+    (d.num_frames, 'num_frames', m.temporal_patch_size, 'temporal_patch_size'),
+  ):
+    if size % patch:
+      raise ConfigError(
+        f'{where}: diffusion.{key} ({size}) must be divisible by dit.{patch_key} ({patch}); '
+        f'change one of them'
+      )
+  if m.width % m.heads or (m.width // m.heads) % 2:
+    raise ConfigError(
+      f'{where}: dit.width ({m.width}) must split into dit.heads ({m.heads}) heads of an even '
+      'width; change dit.width or dit.heads'
+    )
+  if m.positions == 'sincos' and m.width % 2:
+    raise ConfigError(f'{where}: dit.width ({m.width}) must be even for sincos positions')
 
 
 def config_from_dict(

@@ -1,4 +1,4 @@
-"""The config schema: every key of the unet, diffusion and trainer sections.
+"""The config schema: every key of the unet, diffusion, dit and trainer sections.
 
 Each key is a dataclass field with its default, a one-line meaning (shown in
 the README table and `--help`) and an optional range check. Loading and
@@ -29,15 +29,36 @@ _mults = _rule(lambda v: bool(v) and all(m > 0 for m in v), 'a non-empty list of
 
 
 # The samplers (diffusion.samplers registers their classes under these names) and
-# their default model calls per video; None = every timestep.
-SAMPLER_STEPS = {'ddpm': None, 'ddim': 50, 'dpmpp': 20}
+# their default steps per video (model calls, except heun's two per step but the
+# last); None = every timestep.
+SAMPLER_STEPS = {'ddpm': None, 'ddim': 50, 'dpmpp': 20, 'euler': 50, 'heun': 20}
+# The samplers of flow-matching models (diffusion.objective 'flow'); the others
+# walk the Gaussian objectives' discrete schedule.
+FLOW_SAMPLERS = ('euler', 'heun')
 
 
 def steps_help() -> str:
-  """'all timesteps for ddpm, 50 for ddim, 20 for dpmpp'."""
+  """'all timesteps for ddpm, 50 for ddim, 20 for dpmpp, ...'."""
   return ', '.join(
     f'{"all timesteps" if n is None else n} for {name}' for name, n in SAMPLER_STEPS.items()
   )
+
+
+def default_sampler(flow: bool, *, fast: bool = False) -> str:
+  """The sampler used when none is named: for a Gaussian model the reference's
+  ddpm, or ddim where a fast one is wanted (training-time FVD); for a flow model euler."""
+  if flow:
+    return 'euler'
+  return 'ddim' if fast else 'ddpm'
+
+
+def sampler_misfit(name: str, flow: bool) -> str | None:
+  """Why sampler `name` cannot sample a (flow or Gaussian) model, or None if it can."""
+  if (name in FLOW_SAMPLERS) == flow:
+    return None
+  fits = [n for n in SAMPLER_STEPS if (n in FLOW_SAMPLERS) == flow]
+  kind = 'a flow-matching model (diffusion.objective flow)' if flow else 'a Gaussian model'
+  return f'the {name} sampler cannot sample {kind}: use {" or ".join(fits)}'
 
 
 def default_cond_frames(num_frames: int) -> int:
@@ -111,11 +132,31 @@ class DiffusionConfig:
   dynamic_thres_percentile: float = _key(
     0.9, 'Percentile of |x0| used by dynamic thresholding, in (0, 1].', _open_unit
   )
+  backbone: str = _key(
+    'unet3d',
+    "The denoiser: 'unet3d' (the reference's U-Net, section unet) or 'dit' (a space-time "
+    'transformer, section dit; it reads unet.channels and the condition keys too).',
+    _one_of('unet3d', 'dit'),
+  )
   objective: str = _key(
     'eps',
     "What the network predicts: 'eps' (the noise, as the "
-    "reference), 'x0' (the clean video) or 'v' (Salimans & Ho).",
-    _one_of('eps', 'x0', 'v'),
+    "reference), 'x0' (the clean video), 'v' (Salimans & Ho) or 'flow' (flow matching: "
+    'the velocity noise - x0 of x_t = (1 - t) x0 + t noise, t in [0, 1]).',
+    _one_of('eps', 'x0', 'v', 'flow'),
+  )
+  time_sampling: str = _key(
+    'uniform',
+    "flow: how training times are drawn: 'uniform' or 'logit_normal' (sigmoid of a normal).",
+    _one_of('uniform', 'logit_normal'),
+  )
+  logit_normal_mean: float = _key(0.0, 'flow, logit_normal: mean of the normal.')
+  logit_normal_scale: float = _key(1.0, 'flow, logit_normal: its standard deviation.', _positive)
+  time_shift: float = _key(
+    1.0,
+    'flow: timestep shift s, noise level t = s u / (1 + (s - 1) u) of time u, in training and '
+    'sampling; > 1 spends more steps at high noise; 1 = none.',
+    _positive,
   )
   loss_weighting: str = _key(
     'none',
@@ -137,6 +178,37 @@ class DiffusionConfig:
   def video_shape(self) -> tuple[int, int, int, int]:
     """(frames, height, width, channels) of one video."""
     return (self.num_frames, self.image_size, self.image_size, self.channels)
+
+  @property
+  def is_flow(self) -> bool:
+    """True for flow matching (the flow samplers), False for the Gaussian objectives."""
+    return self.objective == 'flow'
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+  """The space-time transformer of diffusion.backbone 'dit'."""
+
+  patch_size: int = _key(2, 'Height and width of a patch in pixels.', _positive)
+  temporal_patch_size: int = _key(1, 'Frames per patch.', _positive)
+  width: int = _key(256, 'Token width.', _positive)
+  depth: int = _key(
+    8, 'Transformer blocks (factorised: alternately spatial and temporal).', _positive
+  )
+  heads: int = _key(4, 'Attention heads; width / heads is the width of a head.', _positive)
+  mlp_ratio: float = _key(4.0, 'Hidden width of the MLPs as a multiple of width.', _positive)
+  attention: str = _key(
+    'factorised',
+    "'factorised': blocks alternate attention within a frame and across frames (Latte); "
+    "'full': every block attends over all space-time tokens.",
+    _one_of('factorised', 'full'),
+  )
+  positions: str = _key(
+    'rope3d',
+    "Token positions: 'rope3d' (rotary over frame, row and column) or 'sincos' "
+    '(fixed 3-D sinusoids added to the tokens).',
+    _one_of('rope3d', 'sincos'),
+  )
 
 
 @dataclass(frozen=True)
@@ -207,8 +279,11 @@ class TrainerConfig:
   eval_num_videos: int = _key(
     64, 'Generated and held-out real videos per training-time FVD.', _rule(lambda v: v >= 2, '>= 2')
   )
-  eval_sampler: str = _key(
-    'ddim', f'Sampler of training-time FVD: {", ".join(SAMPLER_STEPS)}.', _one_of(*SAMPLER_STEPS)
+  eval_sampler: str | None = _key(
+    None,
+    f'Sampler of training-time FVD: {", ".join(SAMPLER_STEPS)}; '
+    'null = ddim, or euler for a flow model.',
+    _one_of(*SAMPLER_STEPS),
   )
   eval_steps: int | None = _key(
     None, f'Model calls per video of eval_sampler; null = its default ({steps_help()}).', _positive
@@ -310,11 +385,13 @@ class Config:
 
   unet: UnetConfig = field(default_factory=UnetConfig)
   diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+  dit: DiTConfig = field(default_factory=DiTConfig)
   trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 SECTIONS: dict[str, type] = {
   'unet': UnetConfig,
   'diffusion': DiffusionConfig,
+  'dit': DiTConfig,
   'trainer': TrainerConfig,
 }

@@ -1,4 +1,4 @@
-"""Builds the model of a run config: Unet3D wrapped in GaussianDiffusion."""
+"""Builds the model of a run config: its denoiser (Unet3D or DiT) wrapped in GaussianDiffusion."""
 
 from __future__ import annotations
 
@@ -7,23 +7,13 @@ from flax import nnx
 
 from video_diffusion.config import Config
 from video_diffusion.diffusion.gaussian import GaussianDiffusion
+from video_diffusion.models.dit import DiT
 from video_diffusion.models.unet import Unet3D
 
 
-def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion:
-  """GaussianDiffusion(Unet3D) with the config's architecture and initial weights.
-
-  The Unet3D computes in trainer.compute_dtype (params stay float32) and with
-  trainer.remat recomputes its blocks' activations in the backward pass.
-
-  The weights are those of `Unet3D(..., rngs=nnx.Rngs(unet.rngs_seed))` (see
-  models.init). With abstract=True they are ShapeDtypeStructs (nothing is
-  initialised; for restoring a checkpoint into); the schedule is always real.
-  """
-  u, d = cfg.unet, cfg.diffusion
-  # With frame_conditioning the network also reads a mask channel.
-  in_channels = u.channels + int(d.frame_conditioning)
-  make_unet = lambda: Unet3D(
+def _unet3d(cfg: Config, in_channels: int, dtype: jnp.dtype) -> Unet3D:
+  u = cfg.unet
+  return Unet3D(
     dim=u.dim,
     cond_dim=u.cond_dim,
     out_dim=u.out_dim or u.channels,
@@ -36,13 +26,57 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
     init_kernel_size=u.init_kernel_size,
     use_sparse_linear_attn=u.use_sparse_linear_attn,
     num_classes=u.num_classes,
-    dtype=jnp.dtype(cfg.trainer.compute_dtype),
+    dtype=dtype,
     remat=cfg.trainer.remat,
     rngs=nnx.Rngs(u.rngs_seed),
   )
-  unet = nnx.eval_shape(make_unet) if abstract else make_unet()
+
+
+def _dit(cfg: Config, in_channels: int, dtype: jnp.dtype) -> DiT:
+  u, m = cfg.unet, cfg.dit
+  return DiT(
+    channels=in_channels,
+    out_dim=u.out_dim or u.channels,
+    patch_size=m.patch_size,
+    temporal_patch_size=m.temporal_patch_size,
+    width=m.width,
+    depth=m.depth,
+    heads=m.heads,
+    mlp_ratio=m.mlp_ratio,
+    attention=m.attention,
+    positions=m.positions,
+    num_classes=u.num_classes,
+    cond_dim=u.cond_dim,
+    use_bert_text_cond=u.use_bert_text_cond,
+    dtype=dtype,
+    remat=cfg.trainer.remat,
+    rngs=nnx.Rngs(u.rngs_seed),
+  )
+
+
+# diffusion.backbone -> (config, input channels, compute dtype) -> the denoiser
+BACKBONES = {'unet3d': _unet3d, 'dit': _dit}
+
+
+def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion:
+  """The config's denoiser (diffusion.backbone: Unet3D or DiT) wrapped in
+  GaussianDiffusion, with its initial weights.
+
+  The denoiser computes in trainer.compute_dtype (params stay float32) and with
+  trainer.remat recomputes its blocks' activations in the backward pass.
+
+  The weights are those of `Unet3D(..., rngs=nnx.Rngs(unet.rngs_seed))` (see
+  models.init), or DiT's with the same Rngs. With abstract=True they are
+  ShapeDtypeStructs (nothing is initialised; for restoring a checkpoint into);
+  the schedule is always real.
+  """
+  d = cfg.diffusion
+  # With frame_conditioning the network also reads a mask channel.
+  in_channels = cfg.unet.channels + int(d.frame_conditioning)
+  make = lambda: BACKBONES[d.backbone](cfg, in_channels, jnp.dtype(cfg.trainer.compute_dtype))
+  denoiser = nnx.eval_shape(make) if abstract else make()
   return GaussianDiffusion(
-    unet,
+    denoiser,
     image_size=d.image_size,
     num_frames=d.num_frames,
     channels=d.channels,
@@ -56,6 +90,10 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
     loss_weighting=d.loss_weighting,
     min_snr_gamma=d.min_snr_gamma,
     frame_conditioning=d.frame_conditioning,
+    time_sampling=d.time_sampling,
+    logit_normal_mean=d.logit_normal_mean,
+    logit_normal_scale=d.logit_normal_scale,
+    time_shift=d.time_shift,
   )
 
 

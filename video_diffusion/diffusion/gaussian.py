@@ -3,10 +3,11 @@
 Videos are channels-last (batch, frames, height, width, channels). Data in
 [0, 1] is normalised to [-1, 1] for training, as in the reference; samples
 come back in [0, 1]. Beyond the reference: the network may predict eps, x0
-or v; the loss may be min-SNR weighted; and with frame_conditioning one model
+or v, or be trained by flow matching (objective 'flow', on a FlowSchedule);
+the loss may be min-SNR weighted; and with frame_conditioning one model
 learns generation, prediction and interpolation (known frames are given clean
 with a mask channel; the loss is on the other frames). The sampling loops are
-in video_diffusion.samplers.
+in video_diffusion.diffusion.samplers.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from flax import nnx
 from video_diffusion.diffusion import samplers
 from video_diffusion.diffusion.objectives import LOSS_WEIGHTINGS, LOSSES, get_objective
 from video_diffusion.diffusion.pixels import normalize_img
-from video_diffusion.diffusion.schedule import BUFFER_NAMES, NoiseSchedule
+from video_diffusion.diffusion.schedule import BUFFER_NAMES, FlowSchedule, NoiseSchedule
 
 
 class GaussianDiffusion(nnx.Module):
   """Wraps a denoiser (Unet3D) with the reference's diffusion process.
 
   `diffusion(videos, key)` is the training loss for videos in [0, 1] of shape
-  (batch, num_frames, image_size, image_size, channels). With
-  frame_conditioning the denoiser takes channels + 1 input channels (the
+  (batch, num_frames, image_size, image_size, channels). objective 'flow'
+  trains by flow matching on a FlowSchedule (time_sampling, logit_normal_mean,
+  logit_normal_scale, time_shift; timesteps is then the scale of the network's
+  time input). With frame_conditioning the denoiser takes channels + 1 input channels (the
   video with known frames clean, then the mask).
   """
 
@@ -47,6 +50,10 @@ class GaussianDiffusion(nnx.Module):
     loss_weighting: str = 'none',
     min_snr_gamma: float = 5.0,
     frame_conditioning: bool = False,
+    time_sampling: str = 'uniform',
+    logit_normal_mean: float = 0.0,
+    logit_normal_scale: float = 1.0,
+    time_shift: float = 1.0,
   ):
     if loss_type not in LOSSES:
       raise ValueError(f'loss_type={loss_type!r}: use one of {", ".join(LOSSES)}.')
@@ -58,13 +65,23 @@ class GaussianDiffusion(nnx.Module):
     self.image_size = image_size
     self.num_frames = num_frames
     self.channels = channels
-    self.schedule = NoiseSchedule(beta_schedule, timesteps)
+    self.objective = get_objective(objective)
+    if self.objective.continuous:
+      if loss_weighting != 'none':
+        raise ValueError(
+          f'loss_weighting={loss_weighting!r} is for the Gaussian objectives; '
+          "flow matching weighs its times through time_sampling: use 'none'."
+        )
+      self.schedule = FlowSchedule(
+        timesteps, time_sampling, logit_normal_mean, logit_normal_scale, time_shift
+      )
+    else:
+      self.schedule = NoiseSchedule(beta_schedule, timesteps)
     self.num_timesteps = self.schedule.num_timesteps
     self.loss_type = loss_type
     self.use_dynamic_thres = use_dynamic_thres
     self.dynamic_thres_percentile = dynamic_thres_percentile
     self.text_use_bert_cls = text_use_bert_cls
-    self.objective = get_objective(objective)
     self.loss_weighting = loss_weighting
     self.min_snr_gamma = float(min_snr_gamma)
     self.frame_conditioning = frame_conditioning
@@ -74,12 +91,17 @@ class GaussianDiffusion(nnx.Module):
     """(frames, height, width, channels) of one video."""
     return (self.num_frames, self.image_size, self.image_size, self.channels)
 
+  @property
+  def is_flow(self) -> bool:
+    """True for a flow-matching model (continuous times in [0, 1])."""
+    return self.schedule.continuous
+
   def alpha_bar(self, t: jax.Array) -> jax.Array:
     """Cumulative alpha at integer times t; 1 (no noise) at t = -1."""
     return self.schedule.alpha_bar(t)
 
   def q_sample(self, x_start, t, noise):
-    """Diffuses x_start (in [-1, 1]) to time t with the given noise."""
+    """Noises x_start (in [-1, 1]) to time t with the given noise."""
     return self.schedule.q_sample(x_start, t, noise)
 
   def q_posterior(self, x_start, x_t, t):
@@ -140,7 +162,11 @@ class GaussianDiffusion(nnx.Module):
   ):
     """The model's x0 estimate at x_t (clipped as configured); known frames as given."""
     out = self.denoise_fn.forward_with_cond_scale(
-      self.model_input(x_t, known, frame_mask), t, cond=cond, cond_scale=cond_scale, **kwargs
+      self.model_input(x_t, known, frame_mask),
+      self.schedule.model_time(t),
+      cond=cond,
+      cond_scale=cond_scale,
+      **kwargs,
     )
     x_recon = self.predict_start(x_t, t, out)
     if clip_denoised:
@@ -160,12 +186,12 @@ class GaussianDiffusion(nnx.Module):
     self, key, *, cond=None, cond_scale: float = 1.0, batch_size: int = 16, sampler=None, **kwargs
   ):
     """Samples videos (batch, frames, size, size, channels) in [0, 1] with `sampler`
-    (default: the reference's ancestral DDPM over all timesteps); kwargs go to
-    samplers.sample (known frames, reconstruction guidance)."""
+    (default: the reference's ancestral DDPM over all timesteps, or Euler for a
+    flow model); kwargs go to samplers.sample (known frames, reconstruction guidance)."""
     batch_size = cond.shape[0] if cond is not None else batch_size
     return samplers.sample(
       self,
-      sampler or samplers.DDPM(),
+      sampler or samplers.default_sampler(self.is_flow),
       key,
       (batch_size,) + self.video_shape,
       cond=cond,
@@ -176,6 +202,8 @@ class GaussianDiffusion(nnx.Module):
   def interpolate(self, x1, x2, key, *, t: int | None = None, lam: float = 0.5):
     """The reference's interpolate: mixes two videos (in [-1, 1]) diffused to
     time t and denoises the mix ancestrally; returns [-1, 1]."""
+    if self.is_flow:
+      raise ValueError('interpolate walks the Gaussian DDPM; this is a flow-matching model.')
     if x1.shape != x2.shape:
       raise ValueError(f'interpolate needs equal shapes, got {x1.shape} and {x2.shape}.')
     t = self.num_timesteps - 1 if t is None else t
@@ -197,7 +225,7 @@ class GaussianDiffusion(nnx.Module):
     """
     x_noisy = self.q_sample(x_start, t, noise)
     model_in = self.model_input(x_noisy, x_start, frame_mask)
-    out = self.denoise_fn(model_in, t, cond, key=key, **kwargs)
+    out = self.denoise_fn(model_in, self.schedule.model_time(t), cond, key=key, **kwargs)
     diff = self.training_target(x_start, t, noise) - out
     err = LOSSES[self.loss_type](diff)
     err = err.reshape(err.shape[:2] + (-1,)).mean(-1)  # (batch, frames)
@@ -217,7 +245,7 @@ class GaussianDiffusion(nnx.Module):
         f'(batch, frames, height, width, channels); got {tuple(x.shape)}.'
       )
     t_key, noise_key, model_key = jax.random.split(key, 3)
-    t = jax.random.randint(t_key, (x.shape[0],), 0, self.num_timesteps)
+    t = self.schedule.sample_times(t_key, (x.shape[0],))
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
     return self.p_losses(normalize_img(x), t, noise, cond=cond, key=model_key, **kwargs)
 

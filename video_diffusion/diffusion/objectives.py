@@ -3,7 +3,9 @@
 An objective says what the network's output should be at (x_start, t,
 noise) and how to read x0 back from an output; the loss (GaussianDiffusion)
 and every sampler use the same two functions. A new objective is one class
-added to OBJECTIVES; a new weighting, one entry of LOSS_WEIGHTINGS.
+added to OBJECTIVES; a new weighting, one entry of LOSS_WEIGHTINGS. The
+Gaussian objectives go with a NoiseSchedule, flow matching with a FlowSchedule
+(`continuous`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from video_diffusion.diffusion.schedule import NoiseSchedule
+from video_diffusion.diffusion.schedule import FlowSchedule, NoiseSchedule
 
 
 class Objective:
   """The training target of the denoiser and its inverse."""
 
   name: str
+  continuous = False  # True: flow matching, on a FlowSchedule
 
   def target(self, schedule: NoiseSchedule, x_start, t, noise) -> jax.Array:
     """What the network should output for x_start noised with `noise` at time t."""
@@ -89,8 +92,25 @@ class PredictVelocity(Objective):
     return jnp.minimum(snr, gamma) / (snr + 1.0)
 
 
+class PredictFlow(Objective):
+  """flow: the velocity eps - x0 of x_t = (1 - t) x0 + t eps (flow matching,
+  Lipman et al. 2023; rectified flow, Liu et al. 2023)."""
+
+  name = 'flow'
+  continuous = True
+
+  def target(self, schedule: FlowSchedule, x_start, t, noise):
+    return noise - x_start
+
+  def predict_start(self, schedule: FlowSchedule, x_t, t, output):
+    return x_t - schedule.level_at(t, x_t.ndim) * output
+
+  def min_snr_weight(self, snr, gamma):
+    raise ValueError("loss_weighting='min_snr' is for the Gaussian objectives (eps, x0, v).")
+
+
 OBJECTIVES: dict[str, Objective] = {
-  o.name: o for o in (PredictNoise(), PredictStart(), PredictVelocity())
+  o.name: o for o in (PredictNoise(), PredictStart(), PredictVelocity(), PredictFlow())
 }
 
 
@@ -110,7 +130,7 @@ LOSSES = {'l1': jnp.abs, 'l2': jnp.square}
 
 
 def get_objective(name: str) -> Objective:
-  """The objective `name` ('eps', 'x0' or 'v')."""
+  """The objective `name` ('eps', 'x0', 'v' or 'flow')."""
   if name not in OBJECTIVES:
     raise ValueError(f'objective={name!r}: use one of {", ".join(OBJECTIVES)}.')
   return OBJECTIVES[name]

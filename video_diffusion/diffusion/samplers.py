@@ -1,4 +1,5 @@
-"""Compiled samplers: ancestral DDPM, DDIM and DPM-Solver++(2M).
+"""Compiled samplers: ancestral DDPM, DDIM and DPM-Solver++(2M) for the Gaussian
+objectives; Euler and Heun for flow matching.
 
 Each sampler is a small class with the times it visits and one `step` from
 x_t to x_{t_next} given the model's x0 estimate. `sample_loop` runs any of
@@ -6,7 +7,8 @@ them inside one jax.lax.fori_loop (no Python per step), and the model call,
 classifier-free guidance and known frames (prediction, interpolation,
 reconstruction guidance) live in one shared denoiser made by `make_denoiser`.
 Videos are channels-last (batch, frames, height, width, channels) in [-1, 1]
-inside, [0, 1] at `sample`'s edges. Time -1 means "no noise" (alpha_bar 1).
+inside, [0, 1] at `sample`'s edges. Gaussian times are integers, -1 meaning
+"no noise" (alpha_bar 1); flow times are floats from 1 (noise) to 0 (data).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_diffusion.config.schema import SAMPLER_STEPS
+from video_diffusion.config.schema import FLOW_SAMPLERS, SAMPLER_STEPS, sampler_misfit
+from video_diffusion.config.schema import default_sampler as default_sampler_name
 from video_diffusion.diffusion.pixels import normalize_img, unnormalize_img
 from video_diffusion.diffusion.schedule import NoiseSchedule
 
@@ -52,6 +55,9 @@ def _quadratic_times(num_timesteps: int, steps: int) -> np.ndarray:
 class Sampler:
   """One sampler: the times it visits and its update rule."""
 
+  name: str
+  flow = False  # True: walks a flow-matching model's FlowSchedule
+
   def timesteps(self, num_timesteps: int) -> np.ndarray:
     """Descending integer times, the last one -1."""
     raise NotImplementedError
@@ -71,6 +77,7 @@ class DDPM(Sampler):
   default all of them), drawing from the posterior q(x_{t-1} | x_t, x0)."""
 
   start: int | None = None
+  name = 'ddpm'
 
   def timesteps(self, num_timesteps):
     start = num_timesteps if self.start is None else self.start
@@ -90,6 +97,7 @@ class DDIM(Sampler):
 
   steps: int = SAMPLER_STEPS['ddim']
   eta: float = 0.0
+  name = 'ddim'
 
   def timesteps(self, num_timesteps):
     return _even_times(num_timesteps, self.steps)
@@ -110,6 +118,7 @@ class DPMSolverPP(Sampler):
   first order on the first and the last step."""
 
   steps: int = SAMPLER_STEPS['dpmpp']
+  name = 'dpmpp'
 
   def timesteps(self, num_timesteps):
     return _quadratic_times(num_timesteps, self.steps)
@@ -133,19 +142,93 @@ class DPMSolverPP(Sampler):
     return x_next, (x0, h.astype(x.dtype), jnp.ones((), bool))
 
 
-SAMPLERS = {'ddpm': DDPM, 'ddim': DDIM, 'dpmpp': DPMSolverPP}
+def _velocity(schedule, x, x0, u):
+  """The flow's velocity (x_t - x0) / t at time u, from the x0 estimate."""
+  return (x - x0) / schedule.noise_level(u)
+
+
+@dataclasses.dataclass(frozen=True)
+class Euler(Sampler):
+  """Euler's method on the flow's ODE over `steps` even steps of u from 1 to 0
+  (the schedule's timestep shift spaces the noise levels)."""
+
+  steps: int = SAMPLER_STEPS['euler']
+  name = 'euler'
+  flow = True
+
+  def timesteps(self, num_timesteps):
+    return np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
+
+  def step(self, schedule, x, x0, t, t_next, key, memory):
+    dt = schedule.noise_level(t_next) - schedule.noise_level(t)
+    return x + dt * _velocity(schedule, x, x0, t), memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Heun(Sampler):
+  """Heun's method (2nd order, Karras et al. 2022) over `steps` even steps of u:
+  an Euler prediction, then the average of the velocities at both ends; the
+  last step (to the data, where the velocity is unknown) is Euler's. Each step
+  is two loop iterations, the corrector revisiting its end time: 2 steps - 1
+  model calls."""
+
+  steps: int = SAMPLER_STEPS['heun']
+  name = 'heun'
+  flow = True
+
+  def timesteps(self, num_timesteps):
+    grid = np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
+    return np.concatenate([grid[:1], np.repeat(grid[1:-1], 2), grid[-1:]])
+
+  def init(self, x):
+    return jnp.zeros_like(x), jnp.zeros_like(x), jnp.zeros((), jnp.float32), jnp.zeros((), bool)
+
+  def step(self, schedule, x, x0, t, t_next, key, memory):
+    x_start, d_start, t_start, correcting = memory
+    d = _velocity(schedule, x, x0, t)
+    level = schedule.noise_level(t)
+    predicted = x + (schedule.noise_level(t_next) - level) * d
+    corrected = x_start + (level - schedule.noise_level(t_start)) * 0.5 * (d_start + d)
+    x_next = jnp.where(correcting, corrected, predicted)
+    return x_next, (x, d, jnp.asarray(t, jnp.float32), ~correcting & (t_next > 0))
+
+
+SAMPLERS = {'ddpm': DDPM, 'ddim': DDIM, 'dpmpp': DPMSolverPP, 'euler': Euler, 'heun': Heun}
 assert tuple(SAMPLERS) == tuple(SAMPLER_STEPS), 'config.schema.SAMPLER_STEPS names the samplers'
+assert {n for n, c in SAMPLERS.items() if c.flow} == set(FLOW_SAMPLERS), 'and the flow ones'
+
+
+def default_sampler(flow: bool) -> Sampler:
+  """The sampler of a model when none is named (config.schema.default_sampler)."""
+  return SAMPLERS[default_sampler_name(flow)]()
 
 
 def get_sampler(
-  name: str, num_timesteps: int, steps: int | None = None, eta: float = 0.0
+  name: str | None,
+  num_timesteps: int,
+  steps: int | None = None,
+  eta: float = 0.0,
+  *,
+  flow: bool = False,
 ) -> Sampler:
-  """The sampler `name` (a key of SAMPLERS) with `steps` model calls
-  (default: config.schema.SAMPLER_STEPS)."""
+  """The sampler `name` (a key of SAMPLERS; None = the model's default) with
+  `steps` steps (default: config.schema.SAMPLER_STEPS), for a flow-matching
+  model if `flow` else a Gaussian one."""
+  name = default_sampler_name(flow) if name is None else name
   if name not in SAMPLERS:
     raise ValueError(f'unknown sampler {name!r}: use one of {", ".join(SAMPLERS)}')
+  misfit = sampler_misfit(name, flow)
+  if misfit:
+    raise ValueError(misfit)
   if eta < 0:
     raise ValueError(f'eta must be >= 0, got {eta}')
+  if eta and name != 'ddim':
+    raise ValueError(f'eta is a setting of the ddim sampler, not of {name}: drop it')
+  if SAMPLERS[name].flow:
+    steps = SAMPLER_STEPS[name] if steps is None else steps
+    if steps < 1:
+      raise ValueError(f'steps must be >= 1, got {steps}')
+    return SAMPLERS[name](steps)
   if name == 'ddpm':
     if steps is not None and steps != num_timesteps:
       raise ValueError(
@@ -167,6 +250,8 @@ def sample_loop(
 ) -> jax.Array:
   """Runs `sampler` from x (noise at its first time) in one fori_loop; returns
   the final x in [-1, 1] (unclipped beyond what the denoiser does)."""
+  if sampler.flow != schedule.continuous:
+    raise ValueError(sampler_misfit(sampler.name, schedule.continuous))
   times = sampler.timesteps(schedule.num_timesteps)
   t_now, t_next = jnp.asarray(times[:-1]), jnp.asarray(times[1:])
   batch = x.shape[0]
@@ -226,7 +311,7 @@ def make_denoiser(
     if recon_guidance:
       x0, pullback = jax.vjp(lambda x: predict(x, t), x)
       (grad,) = pullback(-2.0 * jnp.where(given, known - x0, 0.0))  # d||x_a - x0_a||^2 / dx
-      weight = recon_guidance * jnp.sqrt(diffusion.alpha_bar(t)) / 2
+      weight = recon_guidance * diffusion.schedule.signal_scale(t) / 2
       x0 = x0 - weight[:, None, None, None, None] * jnp.where(given, 0.0, grad)
     else:
       x0 = predict(x, t)

@@ -152,7 +152,9 @@ class TrainingEvaluator:
   def __init__(self, cfg, graphdef, constants, *, mesh, is_main: bool, text_encoder=None):
     t = cfg.trainer
     self.num_videos, self.is_main, self.seed = t.eval_num_videos, is_main, t.seed
-    sampler = get_sampler(t.eval_sampler, cfg.diffusion.timesteps, t.eval_steps)
+    sampler = get_sampler(
+      t.eval_sampler, cfg.diffusion.timesteps, t.eval_steps, flow=cfg.diffusion.is_flow
+    )
     self.sets = real_sets(cfg, self.num_videos, seed=t.seed)
     self.generate = Generator(
       cfg,

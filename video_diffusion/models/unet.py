@@ -19,6 +19,7 @@ from video_diffusion.models.attention import (
   SpatialLinearAttention,
   TemporalAttention,
 )
+from video_diffusion.models.conditioning import GuidedDenoiser, condition_width, prob_mask
 from video_diffusion.models.init import deferred, deferred_param, torch_default_init, weight_seed
 from video_diffusion.models.layers import (
   Downsample,
@@ -28,33 +29,6 @@ from video_diffusion.models.layers import (
   linear,
   sinusoidal_embedding,
 )
-
-BERT_MODEL_DIM = 768
-
-
-def condition_width(
-  dim: int, cond_dim: int | None, use_bert_text_cond: bool, num_classes: int | None
-) -> int | None:
-  """Width of the condition vector a Unet3D concatenates to its time embedding:
-  cond_dim, else 768 (BERT) for text, 4 * dim for class labels; None when unconditional."""
-  if cond_dim is not None:
-    return cond_dim
-  if use_bert_text_cond:
-    return BERT_MODEL_DIM
-  if num_classes is not None:
-    return 4 * dim
-  return None
-
-
-def prob_mask(key: jax.Array | None, batch: int, prob: float, what: str) -> jax.Array:
-  """Boolean (batch,) mask, True with probability `prob`; needs a key if 0 < prob < 1."""
-  if prob == 1:
-    return jnp.ones((batch,), bool)
-  if prob == 0:
-    return jnp.zeros((batch,), bool)
-  if key is None:
-    raise ValueError(f'{what}={prob} draws random masks: pass a PRNG key (key=...).')
-  return jax.random.uniform(key, (batch,)) < prob
 
 
 class UnetLevel(nnx.Module):
@@ -108,7 +82,7 @@ def _mid_blocks(block1, spatial_attn, temporal_attn, block2, x, t, pos_bias, foc
   return block2(x, t)
 
 
-class Unet3D(nnx.Module):
+class Unet3D(GuidedDenoiser):
   """The reference's 3-D U-Net denoiser, with the same constructor options.
 
   Call with x (batch, frames, height, width, channels) and integer times
@@ -300,26 +274,3 @@ class Unet3D(nnx.Module):
 
     x = jnp.concatenate([x, r], axis=-1)
     return self.final_conv(self.final_block(x)).astype(jnp.float32)
-
-  def forward_with_cond_scale(
-    self, x, time, cond=None, cond_scale: float = 2.0, **kwargs
-  ) -> jax.Array:
-    """Classifier-free guidance: null + (cond - null) * cond_scale in one batched call."""
-    if cond_scale == 1 or not self.has_cond:
-      return self(x, time, cond, null_cond_prob=0.0, **kwargs)
-    batch = x.shape[0]
-    both = self._guided_pair_call(x, time, cond, **kwargs)
-    logits, null_logits = both[:batch], both[batch:]
-    return null_logits + (logits - null_logits) * cond_scale
-
-  def _guided_pair_call(self, x, time, cond, focus_present_mask=None, **kwargs):
-    double = lambda a: None if a is None else jnp.concatenate([a, a], axis=0)
-    null_mask = jnp.arange(2 * x.shape[0]) >= x.shape[0]
-    return self(
-      double(x),
-      double(time),
-      double(cond),
-      null_mask=null_mask,
-      focus_present_mask=double(focus_present_mask),
-      **kwargs,
-    )

@@ -78,9 +78,10 @@ def frame_mask(key: jax.Array, num_frames: int, o: StepOptions) -> jax.Array:
   )
 
 
-def example_noise(keys: jax.Array, video_shape, timesteps: int, o: StepOptions) -> dict:
+def example_noise(keys: jax.Array, video_shape, sample_times: Callable, o: StepOptions) -> dict:
   """Per-video random draws from one key per video, so the draws of a video do
-  not depend on how the batch is split into micro-batches: time 't', 'noise',
+  not depend on how the batch is split into micro-batches: time 't' (drawn by
+  the schedule's `sample_times(key, shape)`), 'noise',
   temporal attention 'focus' mask, condition dropping 'null' and the known
   frames 'frames' (all False without frame_conditioning)."""
 
@@ -92,7 +93,7 @@ def example_noise(keys: jax.Array, video_shape, timesteps: int, o: StepOptions) 
       else jnp.zeros((video_shape[0],), bool)
     )
     return {
-      't': jax.random.randint(t_key, (), 0, timesteps),
+      't': sample_times(t_key, ()),
       'noise': jax.random.normal(noise_key, video_shape),
       'focus': jax.random.uniform(focus_key) < o.prob_focus_present,
       'null': jax.random.uniform(null_key) < o.cond_drop_prob,
@@ -150,7 +151,7 @@ def make_train_step(
     model = nnx.merge(graphdef, state.params, constants)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     draws = example_noise(
-      jax.random.split(key, batch), videos.shape[1:], model.num_timesteps, options
+      jax.random.split(key, batch), videos.shape[1:], model.schedule.sample_times, options
     )
 
     # A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
