@@ -180,3 +180,42 @@ def _draw_chart(draw, image, x, y, box, smoothing, font):
   cx, cy = float(px(x[-1])) - left, float(py(smoothed[-1])) - top
   plot_draw.ellipse([cx - 4 * s, cy - 4 * s, cx + 4 * s, cy + 4 * s], fill=_SMOOTH)
   image.paste(plot.crop((s, s, plot.width - s, plot.height - s)), (left + s, top + s))
+
+
+_SERIES_COLORS = ((66, 160, 222), (230, 120, 40), (60, 170, 90), (200, 60, 120), (120, 90, 200))
+
+
+def plot_series(series: dict, path, *, title: str, x_label: str) -> None:
+  """Writes a PNG of several named (x, y) point lists as lines with markers and a legend."""
+  s = _SCALE
+  image = Image.new('RGB', (WIDTH * s, HEIGHT * s), 'white')
+  draw = ImageDraw.Draw(image)
+  font, small = _font(13 * s), _font(11 * s)
+  draw.text((16 * s, 8 * s), title, fill=(30, 30, 30), font=font)
+  left, top, right, bottom = 70 * s, 36 * s, (WIDTH - 170) * s, (HEIGHT - 40) * s
+  points = [(np.asarray(x, float), np.asarray(y, float)) for x, y in series.values()]
+  xs = np.concatenate([x for x, _ in points] + [np.zeros(1)])
+  ys = np.concatenate([y for _, y in points] + [np.zeros(1)])
+  x0, x1 = 0.0, float(xs.max()) * 1.05 or 1.0
+  y0, y1 = 0.0, float(ys.max()) * 1.1 or 1.0
+  px = lambda v: left + (np.asarray(v) - x0) / (x1 - x0) * (right - left)
+  py = lambda v: bottom - (np.asarray(v) - y0) / (y1 - y0) * (bottom - top)
+  for v in nice_ticks(y0, y1, 8):
+    draw.line([(left, float(py(v))), (right, float(py(v)))], fill=_GRID, width=s)
+    draw.text((left - 8 * s, float(py(v))), f'{v:g}', fill=_TEXT, font=small, anchor='rm')
+  for v in nice_ticks(x0, x1, 10):
+    draw.line([(float(px(v)), top), (float(px(v)), bottom)], fill=_GRID, width=s)
+    draw.text((float(px(v)), bottom + 8 * s), f'{v:g}', fill=_TEXT, font=small, anchor='mt')
+  draw.text(((left + right) // 2, bottom + 24 * s), x_label, fill=_TEXT, font=small, anchor='mt')
+  draw.rectangle([left, top, right, bottom], outline=_AXIS, width=s)
+  for i, (name, (x, y)) in enumerate(zip(series, points)):
+    color = _SERIES_COLORS[i % len(_SERIES_COLORS)]
+    pts = list(zip(px(x).tolist(), py(y).tolist()))
+    if len(pts) > 1:
+      draw.line(pts, fill=color, width=2 * s)
+    for cx, cy in pts:
+      draw.ellipse([cx - 4 * s, cy - 4 * s, cx + 4 * s, cy + 4 * s], fill=color)
+    row = top + (10 + 22 * i) * s
+    draw.line([(right + 16 * s, row), (right + 40 * s, row)], fill=color, width=3 * s)
+    draw.text((right + 48 * s, row), name, fill=_TEXT, font=small, anchor='lm')
+  image.resize((WIDTH, HEIGHT), Image.LANCZOS).save(os.fspath(path), format='PNG')

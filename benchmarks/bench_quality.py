@@ -1,0 +1,211 @@
+"""Time to quality: which backbone and objective reach the best FVD in a fixed CPU budget.
+
+  python benchmarks/bench_quality.py [--minutes 20] [--variants unet_v,unet_flow,dit_flow,dit_v]
+                                     [--num-videos 256] [--points 3] [--output results/quality]
+
+Each variant is the demo (configs/config.yaml, synthetic moving digits) with a
+few keys changed. One after the other, each trains with train.py in a
+subprocess for --minutes of wall-clock time from its start (compilation
+included), checkpointing every --checkpoint-every steps, and is then stopped by
+Ctrl-C (SIGINT), which checkpoints the step in flight. Afterwards, in this
+process (so I3D and the real videos' features are computed once):
+
+- the FVD curve: the EMA weights of --points checkpoints spread over the
+  budget, 64 videos each with the variant's first sampler (FVD against
+  minutes, written to fvd_vs_minutes.png);
+- the final FVD: the last checkpoint with each sampler of the variant on 64
+  videos, then the best of them on --num-videos videos (the table's FVD),
+  with the real-vs-real floor of the same number of held-out videos.
+
+Prints a Markdown table (variant, steps done, s/step, params, FVD, sampler,
+real-vs-real) and writes it, the curve and every number to --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FLOW = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
+FLOW += ['diffusion.time_sampling=logit_normal']
+DIT = ['diffusion.backbone=dit', 'dit.patch_size=4', 'dit.width=128', 'dit.depth=8', 'dit.heads=4']
+# name -> (overrides of configs/config.yaml, samplers tried as (name, steps));
+# the first sampler draws the curve
+VARIANTS = {
+  'unet_v': ([], [('dpmpp', 20), ('ddim', 50)]),  # today's demo: Unet3D, v, min-SNR
+  'unet_flow': (FLOW, [('euler', 50), ('heun', 20)]),
+  'dit_flow': (DIT + FLOW, [('euler', 50), ('heun', 20)]),
+  'dit_v': (DIT, [('dpmpp', 20), ('ddim', 50)]),
+}
+CURVE_VIDEOS = 64  # the training-time FVD's default size (trainer.eval_num_videos)
+BATCH = 32
+
+
+def train_for(name: str, overrides: list[str], minutes: float, out: pathlib.Path, every: int):
+  """Runs train.py for `minutes` then SIGINT; returns (config path, seconds since start of
+  each logged step)."""
+  from video_diffusion.config import dump_config, load_config
+
+  folder = out / name
+  cfg = load_config(
+    ROOT / 'configs' / 'config.yaml',
+    overrides
+    + [
+      f'trainer.results_folder={folder}',
+      'trainer.train_num_steps=10000000',
+      f'trainer.checkpoint_every_steps={every}',
+      'trainer.max_to_keep=null',
+      'trainer.save_and_sample_every=100000000',
+      'trainer.tensorboard_dir=null',
+      'trainer.resume_training_step=0',
+    ],
+  )
+  folder.mkdir(parents=True, exist_ok=False)
+  config_path = folder / 'config.yaml'
+  dump_config(cfg, config_path)
+  started = time.time()
+  proc = subprocess.Popen(
+    [sys.executable, str(ROOT / 'train.py'), '--config', str(config_path)], cwd=ROOT
+  )
+  try:
+    proc.wait(timeout=minutes * 60)
+    raise RuntimeError(f'{name}: train.py ended before the budget (status {proc.returncode})')
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=600)
+  records = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
+  return cfg, {r['step']: r['time'] - started for r in records}, records
+
+
+_DONE = {}
+
+
+def evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
+  """evaluate_checkpoint's result for the EMA weights (each evaluation made once)."""
+  key = (cfg.trainer.results_folder, step, sampler, steps, num_videos)
+  if key not in _DONE:
+    _DONE[key] = _evaluate(cfg, step, sampler, steps, num_videos, cache)
+  return _DONE[key]
+
+
+def _evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
+  from video_diffusion.config import resolved_checkpoint_dir
+  from video_diffusion.diffusion.samplers import get_sampler
+  from video_diffusion.eval.evaluate import evaluate_checkpoint
+
+  d = cfg.diffusion
+  return evaluate_checkpoint(
+    cfg,
+    resolved_checkpoint_dir(cfg),
+    step=step,
+    ema=True,
+    sampler=get_sampler(sampler, d.timesteps, steps, flow=d.is_flow),
+    sampler_name=sampler,
+    num_videos=num_videos,
+    batch_size=BATCH,
+    cache_dir=str(cache),
+  )
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--minutes', type=float, default=20.0)
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--num-videos', type=int, default=256)
+  parser.add_argument('--points', type=int, default=3, help='checkpoints on the FVD curve')
+  parser.add_argument('--checkpoint-every', type=int, default=25)
+  parser.add_argument('--output', default=str(ROOT / 'results' / 'quality'))
+  args = parser.parse_args()
+  names = args.variants.split(',')
+  unknown = [n for n in names if n not in VARIANTS]
+  if unknown:
+    parser.error(f'unknown variants {unknown}: use some of {", ".join(VARIANTS)}')
+  out = pathlib.Path(args.output).resolve()
+  cache = out / 'real_features'
+  cache.mkdir(parents=True, exist_ok=True)
+  os.environ.setdefault('PYTHONUNBUFFERED', '1')
+
+  import jax
+  import numpy as np
+
+  from video_diffusion.config import resolved_checkpoint_dir
+  from video_diffusion.diffusion.factory import split_diffusion
+  from video_diffusion.reporting.plot import plot_series
+
+  runs = {}
+  for name in names:
+    print(f'== {name}: training for {args.minutes} min', flush=True)
+    runs[name] = train_for(name, VARIANTS[name][0], args.minutes, out, args.checkpoint_every)
+
+  rows, curves, results = [], {}, {}
+  for name in names:
+    cfg, seconds, records = runs[name]
+    samplers = VARIANTS[name][1]
+    ckpt_dir = pathlib.Path(resolved_checkpoint_dir(cfg))
+    saved = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+    last = saved[-1]
+    seconds.setdefault(last, args.minutes * 60)  # checkpointed by the interrupt, not logged
+    targets = np.linspace(0, seconds[last], args.points + 1)[1:]
+    chosen = sorted({min(saved, key=lambda s, t=t: abs(seconds.get(s, 0) - t)) for t in targets})
+    curve = []
+    for step in chosen:
+      r = evaluate(cfg, step, *samplers[0], CURVE_VIDEOS, cache)
+      curve.append((seconds[step] / 60, r['fvd']))
+      print(f'{name} step {step} ({seconds[step] / 60:.1f} min): FVD {r["fvd"]:.1f}', flush=True)
+    curves[name] = ([m for m, _ in curve], [f for _, f in curve])
+    trials = {
+      f'{s}-{n}': evaluate(cfg, last, s, n, CURVE_VIDEOS, cache)['fvd'] for s, n in samplers
+    }
+    best = min(trials, key=trials.get)
+    sampler, steps = best.split('-')
+    final = evaluate(cfg, last, sampler, int(steps), args.num_videos, cache)
+    step_times = [r['step_time'] for r in records if 'step_time' in r][1:]  # not the compile
+    params = sum(
+      int(np.prod(p.shape)) for p in jax.tree.leaves(split_diffusion(cfg, abstract=True)[1])
+    )
+    results[name] = dict(
+      steps=last,
+      s_per_step=float(np.median(step_times)),
+      params=params,
+      fvd=final['fvd'],
+      sampler=best,
+      real_vs_real=final['fvd_real_vs_real'],
+      curve=curve,
+      samplers_on_64=trials,
+      overrides=VARIANTS[name][0],
+    )
+    rows.append(
+      f'| {name} | {last} | {np.median(step_times):.2f} | {params / 1e6:.2f}M | '
+      f'{final["fvd"]:.1f} | {best} | {final["fvd_real_vs_real"]:.1f} |'
+    )
+
+  table = '\n'.join(
+    [
+      f'Time to quality: {args.minutes:g} min of training each, FVD of the EMA weights on '
+      f'{args.num_videos} videos ({time.strftime("%Y-%m-%d", time.gmtime())})',
+      '',
+      '| variant | steps | s/step | params | FVD | sampler | real vs real |',
+      '| --- | --- | --- | --- | --- | --- | --- |',
+      *rows,
+    ]
+  )
+  print(table)
+  (out / 'table.md').write_text(table + '\n')
+  (out / 'results.json').write_text(json.dumps(results, indent=2))
+  plot_series(
+    curves,
+    out / 'fvd_vs_minutes.png',
+    title=f'FVD ({CURVE_VIDEOS} videos, EMA) against training minutes',
+    x_label='minutes',
+  )
+
+
+if __name__ == '__main__':
+  main()
