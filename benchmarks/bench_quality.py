@@ -131,6 +131,9 @@ def main() -> None:
   cache = out / 'real_features'
   cache.mkdir(parents=True, exist_ok=True)
   os.environ.setdefault('PYTHONUNBUFFERED', '1')
+  # A shell started in the background ignores SIGINT, and so would train.py: a
+  # handler here makes exec give the child the default one back.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
 
   import jax
   import numpy as np

@@ -370,7 +370,7 @@ class TrainerConfig:
   )
   remat: bool = _key(
     False,
-    'Recompute the U-Net blocks in the backward pass instead of '
+    'Recompute the U-Net or DiT blocks in the backward pass instead of '
     'storing their activations (less memory, more compute).',
   )
   data_workers: int = _key(
