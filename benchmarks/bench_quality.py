@@ -2,6 +2,7 @@
 
   python benchmarks/bench_quality.py [--minutes 20] [--variants unet_v,unet_flow,dit_flow,dit_v]
                                      [--num-videos 256] [--points 3] [--output results/quality]
+                                     [--eval-only]
 
 Each variant is the demo (configs/config.yaml, synthetic moving digits) with a
 few keys changed. One after the other, each trains with train.py in a
@@ -49,8 +50,7 @@ BATCH = 32
 
 
 def train_for(name: str, overrides: list[str], minutes: float, out: pathlib.Path, every: int):
-  """Runs train.py for `minutes` then SIGINT; returns (config path, seconds since start of
-  each logged step)."""
+  """Runs train.py on the variant's config for `minutes`, then SIGINT."""
   from video_diffusion.config import dump_config, load_config
 
   folder = out / name
@@ -68,11 +68,9 @@ def train_for(name: str, overrides: list[str], minutes: float, out: pathlib.Path
     ],
   )
   folder.mkdir(parents=True, exist_ok=False)
-  config_path = folder / 'config.yaml'
-  dump_config(cfg, config_path)
-  started = time.time()
+  dump_config(cfg, folder / 'config.yaml')  # its time stamp is the run's start
   proc = subprocess.Popen(
-    [sys.executable, str(ROOT / 'train.py'), '--config', str(config_path)], cwd=ROOT
+    [sys.executable, str(ROOT / 'train.py'), '--config', str(folder / 'config.yaml')], cwd=ROOT
   )
   try:
     proc.wait(timeout=minutes * 60)
@@ -80,19 +78,29 @@ def train_for(name: str, overrides: list[str], minutes: float, out: pathlib.Path
   except subprocess.TimeoutExpired:
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=600)
-  records = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
-  return cfg, {r['step']: r['time'] - started for r in records}, records
 
 
-_DONE = {}
+def trained_run(name: str, out: pathlib.Path):
+  """(config, seconds from the start to each logged step, metrics records) of a trained variant."""
+  from video_diffusion.config import load_config
+
+  config_path = out / name / 'config.yaml'
+  started = config_path.stat().st_mtime
+  records = [json.loads(line) for line in (out / name / 'metrics.jsonl').read_text().splitlines()]
+  return load_config(config_path), {r['step']: r['time'] - started for r in records}, records
 
 
 def evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
-  """evaluate_checkpoint's result for the EMA weights (each evaluation made once)."""
-  key = (cfg.trainer.results_folder, step, sampler, steps, num_videos)
-  if key not in _DONE:
-    _DONE[key] = _evaluate(cfg, step, sampler, steps, num_videos, cache)
-  return _DONE[key]
+  """evaluate_checkpoint's FVD and real-vs-real FVD for the EMA weights, each evaluation
+  made once (kept in cache/evaluations.json, so an interrupted bench resumes with --eval-only)."""
+  store = cache / 'evaluations.json'
+  done = json.loads(store.read_text()) if store.exists() else {}
+  key = f'{pathlib.Path(cfg.trainer.results_folder).name}/{step}/{sampler}-{steps}/{num_videos}'
+  if key not in done:
+    r = _evaluate(cfg, step, sampler, steps, num_videos, cache)
+    done[key] = {'fvd': r['fvd'], 'fvd_real_vs_real': r['fvd_real_vs_real']}
+    store.write_text(json.dumps(done, indent=2))
+  return done[key]
 
 
 def _evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
@@ -122,6 +130,9 @@ def main() -> None:
   parser.add_argument('--points', type=int, default=3, help='checkpoints on the FVD curve')
   parser.add_argument('--checkpoint-every', type=int, default=25)
   parser.add_argument('--output', default=str(ROOT / 'results' / 'quality'))
+  parser.add_argument(
+    '--eval-only', action='store_true', help='evaluate the runs already trained in --output'
+  )
   args = parser.parse_args()
   names = args.variants.split(',')
   unknown = [n for n in names if n not in VARIANTS]
@@ -144,8 +155,10 @@ def main() -> None:
 
   runs = {}
   for name in names:
-    print(f'== {name}: training for {args.minutes} min', flush=True)
-    runs[name] = train_for(name, VARIANTS[name][0], args.minutes, out, args.checkpoint_every)
+    if not args.eval_only:
+      print(f'== {name}: training for {args.minutes} min', flush=True)
+      train_for(name, VARIANTS[name][0], args.minutes, out, args.checkpoint_every)
+    runs[name] = trained_run(name, out)
 
   rows, curves, results = [], {}, {}
   for name in names:
