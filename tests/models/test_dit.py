@@ -9,7 +9,14 @@ from flax import nnx
 
 from video_diffusion.config import config_from_dict
 from video_diffusion.diffusion.factory import split_diffusion
-from video_diffusion.models.dit import DiT, apply_rope, attend, rope_angles, token_grid
+from video_diffusion.models.dit import (
+  DiT,
+  apply_rope,
+  attend,
+  attention_implementation,
+  rope_angles,
+  token_grid,
+)
 
 SHAPE = (2, 4, 8, 8, 1)  # (batch, frames, height, width, channels)
 
@@ -30,6 +37,25 @@ def test_attention_equals_the_softmax_formula(mask_shape):
   if mask_shape is not None:
     mask = jax.random.bernoulli(keys[3], 0.6, mask_shape) | jnp.eye(5, dtype=bool)
   np.testing.assert_allclose(attend(q, k, v, mask), plain_attention(q, k, v, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'backend, dtype, head_width, expected',
+  [
+    ('gpu', jnp.bfloat16, 64, 'cudnn'),
+    ('gpu', jnp.float16, 128, 'cudnn'),
+    ('gpu', jnp.float32, 64, None),  # cuDNN's fused kernel takes no float32
+    ('gpu', jnp.bfloat16, 12, None),  # head width not a multiple of 8
+    ('gpu', jnp.bfloat16, 256, None),
+    ('cpu', jnp.bfloat16, 64, None),
+  ],
+)
+def test_cudnn_attention_only_where_it_fits(monkeypatch, backend, dtype, head_width, expected):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  q = jnp.zeros((1, 4, 2, head_width), dtype)
+  k = jnp.zeros((1, 1024, 2, head_width), dtype)
+  assert attention_implementation(q, k) == expected
+  assert attention_implementation(q, k[:, :10]) is None  # XLA is faster on short axes
 
 
 def test_rope3d_scores_depend_only_on_the_offset():
