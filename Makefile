@@ -19,11 +19,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) train.py --config configs/config.yaml --resume_step -1
 	$(PY) sample.py --config configs/config.yaml --load-ema-params --batch-size 9 \
-	  --output-path results/demo/samples-final
+	  --sampler heun --steps 20 --output-path results/demo/samples-final
 
-# FVD of the demo model with three samplers against 256 held-out videos (README: Results).
+# FVD of the demo model with two samplers against 256 held-out videos (README: Results).
 demo-fvd: setup
-	for run in "dpmpp 20" "ddim 50" "ddpm 250"; do set -- $$run; \
+	for run in "heun 20" "euler 50"; do set -- $$run; \
 	  $(PY) -m video_diffusion eval --config configs/config.yaml --load-ema-params \
 	    --num-videos 256 --batch-size 32 --sampler $$1 --steps $$2 || exit 1; done
 

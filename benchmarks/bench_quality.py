@@ -4,8 +4,9 @@
                                      [--num-videos 256] [--points 3] [--output results/quality]
                                      [--eval-only]
 
-Each variant is the demo (configs/config.yaml, synthetic moving digits) with a
-few keys changed. One after the other, each trains with train.py in a
+Each variant is a demo config (configs/config.yaml, the DiT with flow matching,
+or configs/demo_unet3d.yaml, the Unet3D with v and min-SNR; synthetic moving
+digits) with at most its objective changed. One after the other, each trains with train.py in a
 subprocess for --minutes of wall-clock time from its start (compilation
 included), checkpointing every --checkpoint-every steps, and is then stopped by
 Ctrl-C (SIGINT), which checkpoints the step in flight. Afterwards, in this
@@ -36,26 +37,28 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLOW = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
 FLOW += ['diffusion.time_sampling=logit_normal']
-DIT = ['diffusion.backbone=dit', 'dit.patch_size=4', 'dit.width=128', 'dit.depth=8', 'dit.heads=4']
-# name -> (overrides of configs/config.yaml, samplers tried as (name, steps));
-# the first sampler draws the curve
+V = ['diffusion.objective=v', 'diffusion.loss_weighting=min_snr', 'diffusion.time_sampling=uniform']
+# name -> (config in configs/, its overrides, samplers tried as (name, steps)); the
+# first sampler draws the curve. config.yaml is the demo (DiT, flow); demo_unet3d.yaml
+# the demo before it (Unet3D, v, min-SNR); both train the same data, batch, lr and EMA.
 VARIANTS = {
-  'unet_v': ([], [('dpmpp', 20), ('ddim', 50)]),  # today's demo: Unet3D, v, min-SNR
-  'unet_flow': (FLOW, [('euler', 50), ('heun', 20)]),
-  'dit_flow': (DIT + FLOW, [('euler', 50), ('heun', 20)]),
-  'dit_v': (DIT, [('dpmpp', 20), ('ddim', 50)]),
+  'unet_v': ('demo_unet3d.yaml', [], [('dpmpp', 20), ('ddim', 50)]),
+  'unet_flow': ('demo_unet3d.yaml', FLOW, [('euler', 50), ('heun', 20)]),
+  'dit_flow': ('config.yaml', [], [('euler', 50), ('heun', 20)]),
+  'dit_v': ('config.yaml', V, [('dpmpp', 20), ('ddim', 50)]),
 }
 CURVE_VIDEOS = 64  # the training-time FVD's default size (trainer.eval_num_videos)
 BATCH = 32
 
 
-def train_for(name: str, overrides: list[str], minutes: float, out: pathlib.Path, every: int):
+def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
   """Runs train.py on the variant's config for `minutes`, then SIGINT."""
   from video_diffusion.config import dump_config, load_config
 
   folder = out / name
+  base, overrides, _ = VARIANTS[name]
   cfg = load_config(
-    ROOT / 'configs' / 'config.yaml',
+    ROOT / 'configs' / base,
     overrides
     + [
       f'trainer.results_folder={folder}',
@@ -157,13 +160,13 @@ def main() -> None:
   for name in names:
     if not args.eval_only:
       print(f'== {name}: training for {args.minutes} min', flush=True)
-      train_for(name, VARIANTS[name][0], args.minutes, out, args.checkpoint_every)
+      train_for(name, args.minutes, out, args.checkpoint_every)
     runs[name] = trained_run(name, out)
 
   rows, curves, results = [], {}, {}
   for name in names:
     cfg, seconds, records = runs[name]
-    samplers = VARIANTS[name][1]
+    samplers = VARIANTS[name][2]
     ckpt_dir = pathlib.Path(resolved_checkpoint_dir(cfg))
     saved = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     last = saved[-1]
@@ -195,7 +198,8 @@ def main() -> None:
       real_vs_real=final['fvd_real_vs_real'],
       curve=curve,
       samplers_on_64=trials,
-      overrides=VARIANTS[name][0],
+      config=VARIANTS[name][0],
+      overrides=VARIANTS[name][1],
     )
     rows.append(
       f'| {name} | {last} | {np.median(step_times):.2f} | {params / 1e6:.2f}M | '

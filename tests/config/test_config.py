@@ -97,28 +97,23 @@ def test_moving_mnist_64_is_the_v2_2_model():
 
 
 def test_demo_config_values():
+  """The demo is the DiT with flow matching of bench_quality.py's dit_flow variant."""
   cfg = load_config(CONFIGS / 'config.yaml')
-  u, d, t = cfg.unet, cfg.diffusion, cfg.trainer
-  assert (u.dim, u.dim_mults, u.channels, u.attn_heads, u.attn_dim_head) == (
-    16,
-    (1, 2, 4),
-    1,
-    4,
-    16,
+  u, d, t, x = cfg.unet, cfg.diffusion, cfg.trainer, cfg.dit
+  assert u.channels == 1 and not u.use_bert_text_cond and u.cond_dim is None
+  assert (d.backbone, d.objective, d.time_sampling, d.loss_weighting) == (
+    'dit',
+    'flow',
+    'logit_normal',
+    'none',
   )
-  assert not u.use_sparse_linear_attn and u.cond_dim is None
-  assert (d.image_size, d.num_frames, d.channels, d.timesteps, d.beta_schedule, d.loss_type) == (
-    32,
-    8,
-    1,
-    250,
-    'cosine',
-    'l2',
-  )
-  assert t.dataset_path is None and t.train_lr == 5e-4 and t.train_num_steps == 1000
+  assert (x.patch_size, x.temporal_patch_size, x.width, x.depth, x.heads) == (4, 1, 128, 8, 4)
+  assert (x.attention, x.positions) == ('factorised', 'rope3d')
+  assert (d.image_size, d.num_frames, d.channels, d.timesteps, d.loss_type) == (32, 8, 1, 250, 'l2')
+  assert t.dataset_path is None and t.train_lr == 5e-4 and t.train_num_steps == 1500
   assert (t.train_batch_size, t.gradient_accumulate_every, t.num_sample_rows) == (8, 1, 3)
-  assert (t.checkpoint_every_steps, t.max_to_keep, t.save_and_sample_every) == (100, 3, 1000)
-  assert t.results_folder == './results/demo'
+  assert (t.checkpoint_every_steps, t.max_to_keep, t.save_and_sample_every) == (100, 3, 1500)
+  assert t.results_folder == './results/demo' and t.eval_sampler == 'euler'
 
 
 def test_defaults_follow_the_reference_trainer():
@@ -390,7 +385,7 @@ def test_config_error_is_value_error():
 def test_round_trip_and_checkpoint_dir(tmp_path):
   cfg = load_config(CONFIGS / 'config.yaml')
   data = config_to_dict(cfg)
-  assert data['unet']['dim_mults'] == [1, 2, 4]
+  assert data['dit']['patch_size'] == 4 and data['diffusion']['backbone'] == 'dit'
   dump_config(cfg, tmp_path / 'resolved.yaml')
   assert load_config(tmp_path / 'resolved.yaml') == cfg
   assert resolved_checkpoint_dir(cfg) == os.path.abspath('results/demo/checkpoints')
