@@ -48,7 +48,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def two_processes(config, *args):
+def two_processes(config, *args, wait=True):
+  """train.py in two local processes; waits for both and checks they succeeded, or
+  with wait=False returns the running processes."""
   port = free_port()
   procs = [
     subprocess.Popen(
@@ -72,6 +74,8 @@ def two_processes(config, *args):
     )
     for i in range(2)
   ]
+  if not wait:
+    return procs
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -135,3 +139,36 @@ def test_two_processes_agree_with_one(two_process_run):
     assert diffs.max() <= 3 * cfg.trainer.train_lr
     assert np.mean(diffs <= 1e-5) > 0.999
   assert (results / 'samples' / 'sample-3.gif').exists()
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_path):
+  """A scheduler's SIGTERM reaches process 1 only: both processes agree (an
+  all-gather after every step), checkpoint the same step and exit 143."""
+  import signal
+  import time
+
+  from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
+
+  data = {k: dict(v) for k, v in TINY.items()}
+  data['trainer'].update(
+    results_folder=str(tmp_path / 'results'), train_num_steps=500, checkpoint_every_steps=1000
+  )
+  config = tmp_path / 'tiny.yaml'
+  config.write_text(yaml.safe_dump(data))
+  procs = two_processes(config, wait=False)
+  metrics = tmp_path / 'results' / 'metrics.jsonl'
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=600) for p in procs]
+  steps = set()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == PREEMPTED_EXIT_STATUS, err[-3000:]
+    line = next(line for line in err.splitlines() if line.startswith('preempted:'))
+    steps.add(int(line.split('stopped at step ')[1].split(',')[0]))
+  assert len(steps) == 1 and 3 <= next(iter(steps)) < 500, steps
+  with Checkpointer(str(tmp_path / 'results' / 'checkpoints'), read_only=True) as ckpt:
+    assert ckpt.steps() == sorted(steps)

@@ -65,3 +65,19 @@ def test_restore_or_init_starts_fresh_then_restores_state_and_data_position(tmp_
     with pytest.raises(setup.TrainingError, match=r'unet.dim=8 in the checkpoint, 16'):
       setup.restore_or_init(ckpt, other, 5, abstract, tx, shardings, None)
   assert sharding.replicated(mesh).is_fully_replicated
+
+
+def test_read_only_checkpointer_logs_no_orbax_warning(tmp_path):
+  import logging
+
+  seen = []
+  handler = logging.Handler()
+  handler.emit = seen.append
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addHandler(handler)
+  try:
+    Checkpointer(str(tmp_path)).close()  # creates the folder
+    Checkpointer(str(tmp_path), read_only=True).close()
+  finally:
+    absl_logger.removeHandler(handler)
+  assert not [r for r in seen if 'read' in r.getMessage()], [r.getMessage() for r in seen]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
-from video_diffusion.config import config_from_dict
+from video_diffusion.config import config_from_dict, dump_config
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.train import loop as trainer
 from video_diffusion.train.optimizer import make_optimizer
@@ -57,27 +58,38 @@ def restore(cfg, step):
     return ckpt.restore(step, target)
 
 
-def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
-  straight = tiny_config(tmp_path / 'straight')
-  result = trainer.train(straight)
-  assert result.checkpoint_steps == [2, 4]
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """The tiny config trained 4 steps without a stop (checkpoints 2 and 4)."""
+  cfg = tiny_config(tmp_path_factory.mktemp('straight'))
+  assert trainer.train(cfg).checkpoint_steps == [2, 4]
+  return cfg
 
-  split = tiny_config(tmp_path / 'split', train_num_steps=2)
-  assert trainer.train(split).checkpoint_steps == [2]
-  resumed = trainer.train(
-    dataclasses.replace(split, trainer=dataclasses.replace(split.trainer, train_num_steps=4)),
-    resume_step=-1,
-  )
-  assert resumed.checkpoint_steps == [2, 4]
 
-  a_state, a_data, _ = restore(straight, 4)
-  b_state, b_data, _ = restore(split, 4)
-  assert int(a_state.step) == int(b_state.step) == 4
+def assert_same_state(a_cfg, b_cfg, step):
+  """The checkpoints of `step` of two runs are bit-identical, data state included."""
+  a_state, a_data, _ = restore(a_cfg, step)
+  b_state, b_data, _ = restore(b_cfg, step)
+  assert int(a_state.step) == int(b_state.step) == step
   assert a_data == b_data
   leaves = jax.tree.leaves_with_path(a_state)
   assert len(leaves) == len(jax.tree.leaves(b_state))
   for (path, a), b in zip(leaves, jax.tree.leaves(b_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+  return a_state
+
+
+def with_steps(cfg, steps):
+  return dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, train_num_steps=steps))
+
+
+def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, straight):
+  split = tiny_config(tmp_path / 'split', train_num_steps=2)
+  assert trainer.train(split).checkpoint_steps == [2]
+  resumed = trainer.train(with_steps(split, 4), resume_step=-1)
+  assert resumed.checkpoint_steps == [2, 4]
+
+  a_state = assert_same_state(straight, split, 4)
   # The EMA really moved away from both the start and the params.
   a2, _, _ = restore(straight, 2)
   assert any(
@@ -90,6 +102,98 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path):
   )
   lines = (tmp_path / 'split' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == 4
+
+
+def test_sigterm_checkpoints_the_step_in_flight_and_resumes_exactly(
+  tmp_path, straight, monkeypatch
+):
+  """A scheduler's SIGTERM during step 3 (no checkpoint due) lets the step finish,
+  checkpoints it and stops; resuming gives the uninterrupted run's step 4."""
+  one_step = trainer._Run.train_one_step
+
+  def step_with_sigterm(run):
+    if run.step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 3 is in flight
+    return one_step(run)
+
+  monkeypatch.setattr(trainer._Run, 'train_one_step', step_with_sigterm)
+  before = signal.getsignal(signal.SIGTERM)
+  cfg = tiny_config(tmp_path)
+  with pytest.raises(trainer.Preempted, match=r'^SIGTERM: stopped at step 3, which is check'):
+    trainer.train(cfg)
+  assert signal.getsignal(signal.SIGTERM) == before
+  with Checkpointer(str(tmp_path / 'checkpoints'), read_only=True) as ckpt:
+    assert ckpt.steps() == [2, 3]
+  monkeypatch.setattr(trainer._Run, 'train_one_step', one_step)
+  assert trainer.train(cfg, resume_step=-1).checkpoint_steps == [2, 3, 4]
+  assert_same_state(straight, cfg, 4)
+
+
+def damaged_copy(straight, folder):
+  """The straight run's checkpoints copied to `folder`, with step 4's biggest params
+  file cut to half its length; returns (config of folder, the params folder, which
+  is what orbax names: its arrays are entries of one database)."""
+  source = os.path.join(straight.trainer.results_folder, 'checkpoints')
+  shutil.copytree(source, folder / 'checkpoints')
+  files = [p for p in (folder / 'checkpoints' / '4' / 'params').rglob('*') if p.is_file()]
+  victim = max(files, key=lambda p: p.stat().st_size)
+  with open(victim, 'r+b') as f:
+    f.truncate(victim.stat().st_size // 2)
+  return tiny_config(folder), folder / 'checkpoints' / '4' / 'params'
+
+
+def test_damaged_checkpoint_is_named_and_resume_falls_back(tmp_path, straight, capsys):
+  cfg, victim = damaged_copy(straight, tmp_path)
+  with pytest.raises(trainer.TrainingError, match=r'checkpoint step 4 in .* is damaged: ') as e:
+    trainer.train(cfg, resume_step=4)
+  assert f'{victim}/ is missing or cannot be read' in str(e.value)
+  assert '--resume_step -1' in str(e.value)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4']  # untouched
+
+  capsys.readouterr()
+  assert trainer.train(cfg, resume_step=-1).checkpoint_steps == [2, 4]  # steps 3-4 again
+  err = capsys.readouterr().err
+  assert f'warning: checkpoint step 4 in {tmp_path / "checkpoints"} is damaged: {victim}' in err
+  assert 'resuming from the checkpoint before it' in err
+  assert (tmp_path / 'checkpoints' / '4.damaged').is_dir()
+  assert_same_state(straight, cfg, 4)
+
+
+def test_sample_names_the_damaged_file(tmp_path, straight, capsys):
+  from video_diffusion.cli import main
+
+  cfg, victim = damaged_copy(straight, tmp_path)
+  config = tmp_path / 'config.yaml'
+  dump_config(cfg, config)
+  with pytest.raises(SystemExit) as e:
+    main(['sample', '--config', str(config), '--step', '4', '--batch-size', '1'])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert f'error: checkpoint step 4 in {tmp_path / "checkpoints"} is damaged: {victim}' in err
+
+
+def test_a_full_disk_stops_the_run_naming_the_folder(tmp_path, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  save = ocp.CheckpointManager.save
+
+  def save_until_full(manager, step, *args, **kwargs):
+    if step == 4:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return save(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save_until_full)
+  cfg = tiny_config(tmp_path)
+  with pytest.raises(
+    trainer.TrainingError,
+    match=r'could not write the checkpoint of step 4 to .*: No space left on device; the '
+    r'earlier checkpoints there are kept',
+  ):
+    trainer.train(cfg)
+  with Checkpointer(str(tmp_path / 'checkpoints'), read_only=True) as ckpt:
+    assert ckpt.steps() == [2]
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path):

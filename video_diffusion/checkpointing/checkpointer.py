@@ -9,15 +9,57 @@ save leaves the earlier steps intact and the partial one invisible.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+_READ_ONLY_NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
+
+
+def _not_read_only_notice(record: logging.LogRecord) -> bool:
+  """Drops orbax's warnings that a read-only manager is read only: sampling and
+  evaluation open checkpoints read-only on purpose, every time."""
+  return not str(record.msg).startswith(_READ_ONLY_NOTICES)
+
+
+logging.getLogger('absl').addFilter(_not_read_only_notice)  # orbax logs through absl
+
 
 class CheckpointNotFoundError(FileNotFoundError):
   """A requested checkpoint step does not exist; the message lists those that do."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """A checkpoint step exists but cannot be read (truncated or missing files); the
+  message names the step and the file or item."""
+
+  def __init__(self, step: int, message: str):
+    self.step = step
+    super().__init__(message)
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (a full disk, say); the earlier ones are kept."""
+
+
+# What orbax and tensorstore raise on unreadable files: ValueError (tensorstore,
+# JSON), KeyError (an item folder missing), OSError; orbax wraps some of them in a
+# bare Exception (array reads).
+_READ_ERRORS = (ValueError, KeyError, OSError)
+
+
+def _read_error(error: BaseException) -> BaseException | None:
+  """The read error in `error`'s chain of causes, or None when it is another failure."""
+  while error is not None:
+    if isinstance(error, _READ_ERRORS):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def model_mismatch(current: dict, saved: dict) -> str | None:
@@ -84,8 +126,50 @@ class Checkpointer:
     items = {name: ocp.args.StandardSave(tree) for name, tree in _state_items(state).items()}
     items['data'] = ocp.args.JsonSave(data_state or {})
     items['config'] = ocp.args.JsonSave(config)
-    self._manager.save(step, args=ocp.args.Composite(**items))
+    with self._writing(step):
+      self._manager.save(step, args=ocp.args.Composite(**items))
     return step
+
+  @contextlib.contextmanager
+  def _writing(self, step: int | None):
+    """Turns an OSError of a save (also one raised later by the async write) into
+    CheckpointWriteError naming the folder."""
+    try:
+      yield
+    except OSError as e:
+      what = 'a checkpoint' if step is None else f'the checkpoint of step {step}'
+      raise CheckpointWriteError(
+        f'could not write {what} to {self.directory}: {e.strerror or e}; the earlier '
+        'checkpoints there are kept: free some space (or set trainer.checkpoint_dir_path '
+        'to another disk) and continue with --resume_step -1'
+      ) from e
+
+  def _read(self, step: int, items: dict) -> dict:
+    """orbax's restore of `items` at `step`; CheckpointDamagedError naming the bad
+    file (or item) when it cannot be read."""
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as error:  # re-raised unless a read error is its cause
+      if _read_error(error) is None:
+        raise
+      for name, arg in items.items():  # which item: each alone
+        try:
+          self._manager.restore(step, args=ocp.args.Composite(**{name: arg}))
+        except Exception as e:
+          if _read_error(e) is not None:
+            raise self._damaged(step, name, _read_error(e)) from e
+      raise self._damaged(step, None, _read_error(error)) from error
+
+  def _damaged(self, step: int, item: str | None, error: BaseException) -> CheckpointDamagedError:
+    text = str(error).split(' [tensorstore_spec')[0]
+    files = re.findall(r'local file "([^"]+)"', text)  # the last is the most specific
+    where = files[-1] if files else os.path.join(self.directory, str(step), item or '')
+    reason = text.splitlines()[0][:300] if text else type(error).__name__
+    return CheckpointDamagedError(
+      step,
+      f'checkpoint step {step} in {self.directory} is damaged: {where} is missing or cannot '
+      f'be read ({type(error).__name__}: {reason})',
+    )
 
   def restore(self, step: int | None, target) -> tuple[Any, dict, dict]:
     """(state, data_state, config) of `step` (None/-1 = newest), shaped like `target`."""
@@ -95,7 +179,7 @@ class Checkpointer:
     }
     items['data'] = ocp.args.JsonRestore()
     items['config'] = ocp.args.JsonRestore()
-    out = self._manager.restore(step, args=ocp.args.Composite(**items))
+    out = self._read(step, items)
     state = target.replace(
       step=out['meta']['step'],
       params=out['params'],
@@ -109,23 +193,35 @@ class Checkpointer:
     """Only the params (or EMA params) of `step`, shaped like `target_params`."""
     step = self.resolve_step(step)
     name = 'ema_params' if ema else 'params'
-    out = self._manager.restore(
-      step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(_abstract(target_params))})
-    )
-    return out[name]
+    return self._read(step, {name: ocp.args.StandardRestore(_abstract(target_params))})[name]
 
   def restore_config(self, step: int | None) -> dict:
     step = self.resolve_step(step)
-    out = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return dict(out['config'])
+    return dict(self._read(step, {'config': ocp.args.JsonRestore()})['config'])
+
+  def set_aside(self, step: int) -> str:
+    """Renames the folder of a damaged `step` to '<step>.damaged' (out of the
+    steps, kept for inspection) and returns its new path."""
+    source = os.path.join(self.directory, str(step))
+    target = f'{source}.damaged'
+    suffix = 1
+    while os.path.exists(target):
+      suffix += 1
+      target = f'{source}.damaged{suffix}'
+    os.rename(source, target)
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     """Blocks until pending saves are on disk."""
-    self._manager.wait_until_finished()
+    with self._writing(None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def __enter__(self):
     return self

@@ -63,6 +63,7 @@ def run_train(args: argparse.Namespace) -> None:
   from video_diffusion.parallel import distributed
   from video_diffusion.runtime import runtime_info
   from video_diffusion.train import loop as trainer
+  from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
 
   try:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -73,6 +74,9 @@ def run_train(args: argparse.Namespace) -> None:
     result = trainer.train(cfg, resume_step=args.resume_step)
   except (ConfigError, DataError, trainer.TrainingError) as e:
     _fail(str(e))
+  except trainer.Preempted as e:
+    print(f'\npreempted: {e}', file=sys.stderr)
+    sys.exit(PREEMPTED_EXIT_STATUS)
   except KeyboardInterrupt:
     print(
       '\ninterrupted: the current step was checkpointed; continue with --resume_step -1',
@@ -91,6 +95,7 @@ def run_sample(args: argparse.Namespace) -> None:
   if args.batch_size < 1:
     _fail(f'--batch-size must be >= 1, got {args.batch_size}')
   cfg, checkpoint_dir, step = _load_checked(args)
+  from video_diffusion.checkpointing.checkpointer import CheckpointDamagedError
   from video_diffusion.inference import checkpoint, gifs, sampling
 
   request = _sample_request(cfg, args)
@@ -104,7 +109,7 @@ def run_sample(args: argparse.Namespace) -> None:
       batch_size=args.batch_size,
       **request,
     )
-  except sampling.SamplingError as e:
+  except (sampling.SamplingError, CheckpointDamagedError) as e:
     _fail(str(e))
   output = args.output_path or os.path.join(cfg.trainer.results_folder, f'samples-step{step}')
   paths = gifs.write_samples(output, videos, fps=args.fps)
@@ -136,6 +141,7 @@ def _load_checked(args: argparse.Namespace):
 
   runtime_info.print_startup()
   from video_diffusion.checkpointing.checkpointer import (
+    CheckpointDamagedError,
     Checkpointer,
     CheckpointNotFoundError,
     model_mismatch,
@@ -146,7 +152,7 @@ def _load_checked(args: argparse.Namespace):
     with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
       step = ckpt.resolve_step(args.step)
       mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
-  except CheckpointNotFoundError as e:
+  except (CheckpointNotFoundError, CheckpointDamagedError) as e:
     _fail(str(e))
   if mismatch:
     _fail(
@@ -166,6 +172,7 @@ def run_eval(args: argparse.Namespace) -> None:
   cfg, checkpoint_dir, step = _load_checked(args)
   import json
 
+  from video_diffusion.checkpointing.checkpointer import CheckpointDamagedError
   from video_diffusion.data.errors import DataError
   from video_diffusion.diffusion import samplers
   from video_diffusion.eval import evaluate
@@ -188,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> None:
       dataset_path=args.real_path,
       cache_dir=eval_dir,
     )
-  except (ValueError, DataError) as e:  # EvalError, sampler, condition, dataset
+  except (ValueError, DataError, CheckpointDamagedError) as e:  # eval, sampler, data, weights
     _fail(str(e))
   weights, calls = result['weights'], result['model_calls']
   suffix = '-ema' if args.load_ema_params else ''

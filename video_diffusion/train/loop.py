@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 
-from video_diffusion.checkpointing.checkpointer import Checkpointer
+from video_diffusion.checkpointing.checkpointer import Checkpointer, CheckpointWriteError
 from video_diffusion.conditions import encoding as conditioning
 from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
 from video_diffusion.data import loader as data_loader
@@ -27,9 +27,10 @@ from video_diffusion.reporting.progress import ProgressBar
 from video_diffusion.reporting.run_log import MetricsLogger
 from video_diffusion.train import setup
 from video_diffusion.train.optimizer import learning_rate_schedule, make_optimizer
+from video_diffusion.train.preemption import Preempted, StopSignals
 from video_diffusion.train.setup import TrainingError
 
-__all__ = ['TrainResult', 'TrainingDiverged', 'TrainingError', 'train']
+__all__ = ['Preempted', 'TrainResult', 'TrainingDiverged', 'TrainingError', 'train']
 
 
 class TrainingDiverged(TrainingError):
@@ -187,7 +188,8 @@ def train(
 ) -> TrainResult:
   """Trains as `cfg` says. resume_step: None = trainer.resume_training_step;
   0 = start afresh; N = resume from checkpoint N; -1 = from the newest, or
-  afresh when the checkpoint folder is empty."""
+  afresh when the checkpoint folder is empty. SIGTERM (or Ctrl-C) checkpoints
+  the last finished step and raises Preempted (KeyboardInterrupt)."""
   t = cfg.trainer
   resume_step = t.resume_training_step if resume_step is None else resume_step
   process_index = jax.process_index() if process_index is None else process_index
@@ -197,6 +199,7 @@ def train(
   logger = MetricsLogger(run.results_folder, tensorboard_dir=t.tensorboard_dir, enabled=run.is_main)
   bar = ProgressBar(t.train_num_steps, initial=run.step) if run.is_main else None
   loss, start_step, profiling = None, run.step, False
+  stops = StopSignals().install()  # SIGTERM: finish the step, checkpoint it, stop
   try:
     while run.step < t.train_num_steps:
       metrics = run.train_one_step()
@@ -229,17 +232,26 @@ def train(
       if t.profile_flush_step and run.step == start_step + 1 and run.step < t.profile_flush_step:
         jax.profiler.start_trace(os.path.join(run.results_folder, 'profile'))
         profiling = True  # from the second step on: the first one compiles
+      if stops.stop_requested(run.process_count):
+        run.save()
+        raise Preempted(stops.received, run.step, run.ckpt_dir)
   except KeyboardInterrupt:
     run.save()
     raise
+  except CheckpointWriteError as e:
+    raise TrainingError(str(e)) from None
   finally:
+    stops.restore()
     if profiling:
       jax.profiler.stop_trace()
     if bar is not None:
       bar.close()
     logger.close()
-    run.ckpt.close()
     data_loader.close_iterator(run.batches)
+    try:
+      run.ckpt.close()  # waits for the last save: its write error surfaces here
+    except CheckpointWriteError as e:
+      raise TrainingError(str(e)) from None
   return TrainResult(
     step=run.step,
     loss=loss,

@@ -12,7 +12,11 @@ import sys
 import jax
 from jax.sharding import Mesh
 
-from video_diffusion.checkpointing.checkpointer import Checkpointer, model_mismatch
+from video_diffusion.checkpointing.checkpointer import (
+  CheckpointDamagedError,
+  Checkpointer,
+  model_mismatch,
+)
 from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, TrainerConfig, config_to_dict
 from video_diffusion.data import loader as data_loader
@@ -71,33 +75,64 @@ def restore_or_init(
 ):
   """(state, batch iterator): fresh at step 0 from `params`, or checkpoint
   `resume_step` restored into `shardings` with the data iterator where it was.
-  `params` may be abstract (ShapeDtypeStructs) when resuming."""
+  `params` may be abstract (ShapeDtypeStructs) when resuming. With -1 (the
+  newest), a damaged checkpoint is set aside with a warning and the one before
+  it is tried."""
   seed = cfg.trainer.seed
   if resume_step == 0:
     return jax.device_put(init_train_state(params, tx, seed), shardings), iter(loader)
   abstract = jax.eval_shape(lambda p: init_train_state(p, tx, seed), params)
   target = sharding.with_shardings(abstract, shardings)
   try:
-    resume_step = ckpt.resolve_step(resume_step)
+    steps = [ckpt.resolve_step(resume_step)]
   except FileNotFoundError as e:
     raise TrainingError(f'cannot resume: {e}') from None
-  mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(resume_step))
-  if mismatch:
+  if resume_step == -1:
+    steps = ckpt.steps()[::-1]
+  for step in steps:
+    try:
+      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
+      if mismatch:
+        raise TrainingError(
+          f'cannot resume from step {step} in {ckpt.directory}: '
+          f'{mismatch}; resume with the model settings it was trained with, '
+          'or start a new run in another checkpoint folder'
+        )
+      state, data_state, _ = ckpt.restore(step, target)
+      break
+    except CheckpointDamagedError as e:
+      if resume_step != -1:
+        others = [s for s in ckpt.steps() if s != step]
+        raise TrainingError(
+          f'cannot resume: {e}; resume from another step (--resume_step -1 takes the newest '
+          f'readable one; steps: {", ".join(map(str, others)) or "none"})'
+        ) from None
+      if process_index == 0:
+        e = f'{e}; moved to {ckpt.set_aside(step)}'
+      _sync_processes(process_count, f'set aside {step}')
+      print(f'warning: {e}; resuming from the checkpoint before it', file=sys.stderr)
+  else:
     raise TrainingError(
-      f'cannot resume from step {resume_step} in {ckpt.directory}: '
-      f'{mismatch}; resume with the model settings it was trained with, '
-      'or start a new run in another checkpoint folder'
+      f'no checkpoint in {ckpt.directory} can be read (the damaged ones are set aside as '
+      '<step>.damaged); start afresh with --resume_step 0'
     )
-  state, data_state, _ = ckpt.restore(resume_step, target)
   if 'processes' in data_state or process_count > 1:
     saved = data_state.get('processes', [data_state])
     if len(saved) != process_count:
       raise TrainingError(
-        f'checkpoint {resume_step} was written by {len(saved)} '
+        f'checkpoint {step} was written by {len(saved)} '
         f'process(es); resume it with as many (here: {process_count})'
       )
     data_state = saved[process_index]
   return state, data_loader.restore_iterator(loader, data_state)
+
+
+def _sync_processes(process_count: int, name: str) -> None:
+  """Waits until every process of a multi-process run gets here."""
+  if process_count > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
 
 
 def compile_train_step(cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh):

@@ -1,0 +1,93 @@
+"""Preemption end to end: train.py stopped by SIGTERM at chosen and random moments
+(starting up, between steps, during a checkpoint save) and restarted with
+--resume_step -1 each time ends with exactly the weights of an uninterrupted run."""
+
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from conftest import ROOT
+from test_training import TINY, assert_same_state, tiny_config
+
+from video_diffusion.config import load_config
+from video_diffusion.reporting.run_log import read_metrics
+from video_diffusion.train import loop as trainer
+from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
+
+pytestmark = pytest.mark.slow  # subprocesses; left out of `make test-fast`
+
+STEPS = 200
+KEYS = dict(train_num_steps=STEPS, checkpoint_every_steps=7, max_to_keep=2, prob_focus_present=0.0)
+
+
+def logged_steps(results) -> int:
+  path = results / 'metrics.jsonl'
+  records = read_metrics(path) if path.exists() else []
+  return records[-1]['step'] if records else 0
+
+
+def saving(results) -> bool:
+  """Whether orbax is writing a step (its temporary folder exists)."""
+  folder = results / 'checkpoints'
+  return folder.exists() and any('tmp' in p.name for p in folder.iterdir())
+
+
+def start(config):
+  return subprocess.Popen(
+    [sys.executable, 'train.py', '--config', str(config), '--resume_step', '-1'],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+
+
+def wait_for(proc, condition, timeout=300.0) -> bool:
+  """Polls `condition()` until it holds (True) or the process ends (False)."""
+  deadline = time.monotonic() + timeout
+  while proc.poll() is None and time.monotonic() < deadline:
+    if condition():
+      return True
+    time.sleep(0.01)
+  return False
+
+
+def test_sigterm_soak_ends_with_the_uninterrupted_weights(tmp_path):
+  results = tmp_path / 'soak'
+  data = {k: dict(v) for k, v in TINY.items()}
+  data['trainer'].update(KEYS, results_folder=str(results), tensorboard_dir=None)
+  config = tmp_path / 'soak.yaml'
+  config.write_text(yaml.safe_dump(data))
+  rng = random.Random(0)
+  early, late, pause = rng.randint(10, 40), rng.randint(60, 150), rng.uniform(0.5, 3.0)
+  moments = {  # when each run is sent SIGTERM
+    'between steps': lambda: logged_steps(results) >= early,
+    'during a save': lambda: saving(results),
+    'starting up': lambda: time.sleep(pause) or True,
+    'at a random step': lambda: logged_steps(results) >= late,
+  }
+  handled = []
+  for moment, condition in moments.items():
+    proc = start(config)
+    if wait_for(proc, condition):
+      proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode in (PREEMPTED_EXIT_STATUS, -signal.SIGTERM, 0), (moment, err[-3000:])
+    assert 'Traceback' not in err, (moment, err[-3000:])
+    if proc.returncode == PREEMPTED_EXIT_STATUS:
+      message = [line for line in err.splitlines() if line.startswith('preempted:')]
+      assert len(message) == 1 and 'continue with --resume_step -1' in message[0], err[-2000:]
+      handled.append(moment)
+  assert {'between steps', 'during a save', 'at a random step'} <= set(handled), handled
+  proc = start(config)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+
+  soaked = load_config(config)
+  straight = tiny_config(tmp_path / 'straight', **KEYS)
+  assert trainer.train(straight).step == STEPS
+  assert_same_state(straight, soaked, STEPS)
