@@ -27,12 +27,16 @@ demo-fvd: setup
 	  $(PY) -m video_diffusion eval --config configs/config.yaml --load-ema-params \
 	    --num-videos 256 --batch-size 32 --sampler $$1 --steps $$2 || exit 1; done
 
+# Two workers (pytest-xdist; a test file stays on one worker, so its fixtures are
+# built once): XLA compiles one program per core.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Everyday subset: everything but the tests marked slow (end-to-end runs, subprocesses).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # ruff lint and format check (configured in pyproject.toml).
 lint: setup

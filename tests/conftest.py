@@ -12,12 +12,16 @@ import pytest
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 ROOT = FIXTURES.parent.parent
 
-# One XLA compilation cache for the whole session, in-process and in the CLI
-# subprocesses: the same model compiled twice is then loaded, not rebuilt.
+# One XLA compilation cache for the whole session, in-process, in the CLI
+# subprocesses and in every test worker: the same model compiled twice is then
+# loaded, not rebuilt.
 # Set before JAX is imported (it reads these at import).
-_CACHE = tempfile.mkdtemp(prefix='xla-cache-')
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+# pytest-xdist's workers inherit the variable from the controller, so they share it.
+if 'VIDEO_DIFFUSION_TEST_CACHE' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='xla-cache-')
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ['VIDEO_DIFFUSION_TEST_CACHE'] = _CACHE
+os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ['VIDEO_DIFFUSION_TEST_CACHE']
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 

@@ -1,7 +1,8 @@
-"""Side-by-side GIF of one checkpoint sampled with DDPM (all steps), DDIM and DPM-Solver++.
+"""Side-by-side GIF of one checkpoint sampled three ways: DDPM (all steps), DDIM-50
+and DPM-Solver++-20 for a Gaussian model, Euler-50, Heun-20 and Euler-10 for a flow model.
 
-  python tools/compare_samplers.py --checkpoint-path results/demo/checkpoints \
-      [--config configs/config.yaml] [--output docs/sampler_comparison.gif]
+  python tools/compare_samplers.py --config configs/demo_unet3d.yaml \
+      [--checkpoint-path DIR] [--output docs/sampler_comparison.gif]
 
 Each panel is a grid of the same number of videos from the EMA weights, with
 the sampler and its number of model calls written above it, and the wall
@@ -17,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from video_diffusion.config import load_config
+from video_diffusion.config import load_config, resolved_checkpoint_dir
 from video_diffusion.data import video_io
 from video_diffusion.diffusion import samplers
 from video_diffusion.inference import checkpoint, gifs, sampling
@@ -33,7 +34,7 @@ def label_panel(grid: np.ndarray, text: str, height: int = 12) -> np.ndarray:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--checkpoint-path', required=True)
+  parser.add_argument('--checkpoint-path', help="default: the config's checkpoint folder")
   parser.add_argument('--config', default='configs/config.yaml')
   parser.add_argument('--step', type=int, default=-1)
   parser.add_argument('--output', default='docs/sampler_comparison.gif')
@@ -45,14 +46,20 @@ def main() -> None:
 
   cfg = load_config(args.config)
   graphdef, params, constants, step = checkpoint.load_params(
-    cfg, args.checkpoint_path, step=args.step, ema=True
+    cfg, args.checkpoint_path or resolved_checkpoint_dir(cfg), step=args.step, ema=True
   )
-  timesteps = cfg.diffusion.timesteps
-  runs = [
-    (f'DDPM-{timesteps}', samplers.DDPM()),
-    ('DDIM-50', samplers.DDIM(50)),
-    ('DPM++-20', samplers.DPMSolverPP(20)),
-  ]
+  if cfg.diffusion.is_flow:
+    runs = [
+      ('Euler-50', samplers.Euler(50)),
+      ('Heun-20', samplers.Heun(20)),
+      ('Euler-10', samplers.Euler(10)),
+    ]
+  else:
+    runs = [
+      (f'DDPM-{cfg.diffusion.timesteps}', samplers.DDPM()),
+      ('DDIM-50', samplers.DDIM(50)),
+      ('DPM++-20', samplers.DPMSolverPP(20)),
+    ]
   panels = []
   for name, sampler in runs:
     sample = sampling.compile_sample_fn(graphdef, constants, args.videos, sampler=sampler)

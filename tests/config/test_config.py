@@ -403,3 +403,24 @@ def test_config_is_frozen():
 def test_import_does_not_load_jax():
   code = 'import sys, video_diffusion.config; assert "jax" not in sys.modules'
   subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
+def test_default_config_is_the_demo_from_any_working_directory(tmp_path, monkeypatch):
+  from video_diffusion.cli.parsers import sample_parser, train_parser
+
+  demo = load_config(CONFIGS / 'config.yaml')
+  monkeypatch.chdir(ROOT)
+  assert train_parser('train.py').parse_args([]).config == 'configs/config.yaml'
+  monkeypatch.chdir(tmp_path)  # no configs/ here: the packaged copy of the demo config
+  for parser in (train_parser('train.py'), sample_parser('sample.py')):
+    path = pathlib.Path(parser.parse_args([]).config)
+    assert path.is_file() and path.is_absolute() and load_config(path) == demo
+
+
+def test_empty_dataset_path_means_the_synthetic_digits():
+  from video_diffusion.data.sources import SyntheticDigitsSource, make_source
+  from video_diffusion.data.spec import DataSpec
+
+  cfg = load_config(CONFIGS / 'config.yaml', ['trainer.dataset_path=""'])
+  assert cfg.trainer.dataset_path == ''
+  assert isinstance(make_source(DataSpec.from_config(cfg)), SyntheticDigitsSource)

@@ -115,6 +115,7 @@ def test_progress_bar_not_a_tty():
   assert '| 2.5 steps/s | ETA 5:00' in middle  # 750 steps left at 2.5 steps/s
   assert lines[-1].startswith('step 1500/1500 [####################] 100%')
   assert 'elapsed 9:50' in lines[-1]  # 30 s + 1399 x 0.4 s
+  assert sum(line.startswith('step 1500/1500') for line in lines) == 1  # printed once
   assert all(not line.startswith('\r') for line in lines)
 
 

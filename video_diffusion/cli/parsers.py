@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+import os
 
 from video_diffusion.config.schema import SAMPLER_STEPS, steps_help
 
 DEFAULT_CONFIG = 'configs/config.yaml'
 MALLOC_CHOICES = ('auto', 'glibc', 'mimalloc', 'tcmalloc', 'jemalloc')
+
+
+def default_config() -> str:
+  """configs/config.yaml of the working directory (a checkout), else the demo
+  config shipped in the package (the same file), so the commands run anywhere."""
+  if os.path.exists(DEFAULT_CONFIG):
+    return DEFAULT_CONFIG
+  return str(importlib.resources.files('video_diffusion.config') / 'demo.yaml')
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +55,9 @@ def _add_checkpoint(parser: argparse.ArgumentParser, use: str) -> None:
   )
   parser.add_argument(
     '--config',
-    default=DEFAULT_CONFIG,
-    help=f'YAML config of the model (default: {DEFAULT_CONFIG}); its model '
+    default=default_config(),
+    help=f'YAML config of the model (default: {DEFAULT_CONFIG}, or the packaged demo '
+    'config outside a checkout); its model '
     "sections must match the checkpoint's.",
   )
   parser.add_argument(
@@ -97,9 +108,9 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
   )
   parser.add_argument(
     '--config',
-    default=DEFAULT_CONFIG,
-    help=f'YAML config with sections unet, diffusion, trainer '
-    f'(default: {DEFAULT_CONFIG}, the CPU demo).',
+    default=default_config(),
+    help=f'YAML config with sections unet, dit, diffusion, trainer (default: '
+    f'{DEFAULT_CONFIG}, the CPU demo, or its packaged copy outside a checkout).',
   )
   parser.add_argument(
     '--rng_seed',

@@ -224,7 +224,7 @@ class TrainerConfig:
     None,
     'Training videos: a Moving MNIST .npy (frames, '
     'sequences, h, w) or a folder of .gif/.mp4/.webm/.avi files '
-    '(searched recursively); null = built-in synthetic moving digits.',
+    '(searched recursively); null or "" = built-in synthetic moving digits.',
   )
   train_batch_size: int = _key(32, 'Videos per optimiser micro-batch.', _positive)
   train_lr: float = _key(1e-4, 'Adam learning rate.', _positive)

@@ -30,7 +30,7 @@ class DataSpec:
     """The data settings of a config.Config."""
     t, d = cfg.trainer, cfg.diffusion
     return cls(
-      dataset_path=t.dataset_path,
+      dataset_path=t.dataset_path or None,  # "" = none, as checkpoint_dir_path
       video_shape=d.video_shape,
       batch_size=t.train_batch_size * t.gradient_accumulate_every,
       condition=ConditionSpec.from_unet(cfg.unet),

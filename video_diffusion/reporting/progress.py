@@ -32,7 +32,8 @@ class ProgressBar:
   first update; the first update only starts the clock, so the duration up to it (startup,
   compilation) is never counted. On a TTY the line is redrawn with '\\r' at most every
   `min_interval` seconds; otherwise a full line is printed at most every `min_interval * 20`
-  seconds or each further 10% of progress. close() always prints the final line.
+  seconds or each further 10% of progress, but the last step's, which close() prints
+  (always, once, with the elapsed time).
   """
 
   def __init__(
@@ -85,8 +86,9 @@ class ProgressBar:
     decile = self._decile(step)
     if self._tty:
       due = now - self._last_print >= self.min_interval
-    else:
+    else:  # the last step's line is close()'s, with the elapsed time: printed once
       due = now - self._last_print >= self.min_interval * 20 or decile > self._last_decile
+      due = due and step < self.total
     if due:
       self._last_print, self._last_decile = now, decile
       self._emit(self.format_line())
