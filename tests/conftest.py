@@ -36,3 +36,26 @@ def golden():
 def to_channels_last(video):
   """(b, c, f, h, w) of the reference -> our (b, f, h, w, c)."""
   return np.transpose(video, (0, 2, 3, 4, 1))
+
+
+# The test files that take longest (pytest --durations, 2026-11-30), run first: with
+# pytest-xdist's --dist loadfile a long file started last leaves the other worker idle.
+LONGEST_FIRST = (
+  'train/test_training.py',
+  'parallel/test_sharding.py',
+  'train/test_backbones.py',
+  'train/test_preemption.py',
+  'parallel/test_multiprocess.py',
+  'test_readme.py',
+  'conditions/test_conditional.py',
+  'test_cli.py',
+  'train/test_train_step.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    path = item.path.relative_to(pathlib.Path(__file__).parent).as_posix()
+    return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: the order within a file is kept

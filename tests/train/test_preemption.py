@@ -20,8 +20,8 @@ from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
 
 pytestmark = pytest.mark.slow  # subprocesses; left out of `make test-fast`
 
-STEPS = 200
-KEYS = dict(train_num_steps=STEPS, checkpoint_every_steps=7, max_to_keep=2, prob_focus_present=0.0)
+STEPS = 90
+KEYS = dict(train_num_steps=STEPS, checkpoint_every_steps=5, max_to_keep=2, prob_focus_present=0.0)
 
 
 def logged_steps(results) -> int:
@@ -63,17 +63,18 @@ def test_sigterm_soak_ends_with_the_uninterrupted_weights(tmp_path):
   config = tmp_path / 'soak.yaml'
   config.write_text(yaml.safe_dump(data))
   rng = random.Random(0)
-  early, late, pause = rng.randint(10, 40), rng.randint(60, 150), rng.uniform(0.5, 3.0)
-  moments = {  # when each run is sent SIGTERM
-    'between steps': lambda: logged_steps(results) >= early,
-    'during a save': lambda: saving(results),
-    'starting up': lambda: time.sleep(pause) or True,
-    'at a random step': lambda: logged_steps(results) >= late,
+  early, late, pause = rng.randint(5, 15), rng.randint(10, 40), rng.uniform(0.5, 3.0)
+  moments = {  # when each run is sent SIGTERM, given the step it started from
+    'between steps': lambda start: logged_steps(results) >= start + early,
+    'during a save': lambda start: saving(results),
+    'starting up': lambda start: time.sleep(pause) or True,
+    'at a random step': lambda start: logged_steps(results) >= start + late,
   }
   handled = []
   for moment, condition in moments.items():
+    begun = logged_steps(results)
     proc = start(config)
-    if wait_for(proc, condition):
+    if wait_for(proc, lambda condition=condition, begun=begun: condition(begun)):
       proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode in (PREEMPTED_EXIT_STATUS, -signal.SIGTERM, 0), (moment, err[-3000:])
