@@ -107,10 +107,11 @@ def restore_or_init(
           f'cannot resume: {e}; resume from another step (--resume_step -1 takes the newest '
           f'readable one; steps: {", ".join(map(str, others)) or "none"})'
         ) from None
+      warning = str(e)
       if process_index == 0:
-        e = f'{e}; moved to {ckpt.set_aside(step)}'
+        warning += f'; moved to {ckpt.set_aside(step)}'
       _sync_processes(process_count, f'set aside {step}')
-      print(f'warning: {e}; resuming from the checkpoint before it', file=sys.stderr)
+      print(f'warning: {warning}; resuming from the checkpoint before it', file=sys.stderr)
   else:
     raise TrainingError(
       f'no checkpoint in {ckpt.directory} can be read (the damaged ones are set aside as '
