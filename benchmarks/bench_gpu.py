@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -35,20 +34,9 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_model import fmt, markdown, median_time  # noqa: E402
 
 DIT_B = ['dit.width=768', 'dit.depth=12', 'dit.heads=12', 'dit.patch_size=2']
-
-
-def median_seconds(fn, repeats: int, warmups: int = 2) -> float:
-  """Median wall time of fn() (which blocks until its result is ready)."""
-  for _ in range(warmups):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def matmul_peak(n: int) -> float:
@@ -57,7 +45,7 @@ def matmul_peak(n: int) -> float:
   a = jax.random.normal(ka, (n, n), jnp.bfloat16)
   b = jax.random.normal(kb, (n, n), jnp.bfloat16)
   mm = jax.jit(jnp.matmul)
-  return 2 * n**3 / median_seconds(lambda: mm(a, b).block_until_ready(), 10)
+  return 2 * n**3 / median_time(lambda: mm(a, b).block_until_ready(), 10)
 
 
 def relative_error(x, ref) -> float:
@@ -104,7 +92,7 @@ def check_attention(shape, mask_shape, repeats: int) -> dict:
       grads, out = fn(q, k, v)
       row[f'{impl}_out_err'] = relative_error(out, ref_out)
       row[f'{impl}_grad_err'] = max(relative_error(a, r) for a, r in zip(grads, ref_grads))
-      row[f'{impl}_ms'] = 1e3 * median_seconds(
+      row[f'{impl}_ms'] = 1e3 * median_time(
         lambda fn=fn: jax.block_until_ready(fn(q, k, v)), repeats
       )
     except Exception as e:  # a case the kernel refuses is a result
@@ -151,7 +139,7 @@ def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> d
     holder['state'], metrics = compiled(holder['state'], videos)
     holder['loss'] = float(metrics['loss'])
 
-  step_s = median_seconds(one, repeats)
+  step_s = median_time(one, repeats)
   stats = jax.devices()[0].memory_stats() or {}
   return dict(
     params_m=n_params / 1e6,
@@ -179,16 +167,6 @@ def step_variants(smoke: bool) -> dict:
     'dit_b_full_cudnn': (dit_b + ['dit.attention=full'], False),
     'unet3d': (common, False),
   }
-
-
-def markdown(head, rows) -> str:
-  return '\n'.join(
-    '| ' + ' | '.join(map(str, r)) + ' |' for r in [head, ['---'] * len(head)] + rows
-  )
-
-
-def fmt(v, spec):
-  return '-' if v is None else format(v, spec)
 
 
 def main() -> None:
@@ -258,7 +236,7 @@ def main() -> None:
     flops = r['flops']
     mfu = flops / r['step_s'] / peak if flops else None
     rows.append(
-      [name, f'{r["params_m"]:.1f}', r['batch'], f'{r["step_s"] * 1e3:.1f}',
+      [name, f'{r["params_m"]:.1f}', str(r['batch']), f'{r["step_s"] * 1e3:.1f}',
        fmt(flops / 1e12 if flops else None, '.2f'), fmt(mfu and 100 * mfu, '.1f'),
        f'{r["peak_gb"]:.1f}']
     )  # fmt: skip
