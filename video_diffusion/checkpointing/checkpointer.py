@@ -156,8 +156,9 @@ class Checkpointer:
         try:
           self._manager.restore(step, args=ocp.args.Composite(**{name: arg}))
         except Exception as e:
-          if _read_error(e) is not None:
-            raise self._damaged(step, name, _read_error(e)) from e
+          cause = _read_error(e)
+          if cause is not None:
+            raise self._damaged(step, name, cause) from e
       raise self._damaged(step, None, _read_error(error)) from error
 
   def _damaged(self, step: int, item: str | None, error: BaseException) -> CheckpointDamagedError:

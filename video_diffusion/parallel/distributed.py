@@ -61,6 +61,23 @@ def gather_json(value) -> list:
   return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(rows, sizes.reshape(-1))]
 
 
+def any_process(flag: bool) -> bool:
+  """Whether `flag` holds on any process (a collective: every process must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.process_allgather(np.array([flag], np.int32)).any())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process gets here."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def fetch(array) -> np.ndarray:
   """A (possibly multi-process) global array as one numpy array on every process."""
   if jax.process_count() == 1:

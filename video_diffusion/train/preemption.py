@@ -14,8 +14,6 @@ from __future__ import annotations
 import signal
 import threading
 
-import numpy as np
-
 PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM  # what a shell reports for a SIGTERM death
 
 
@@ -67,9 +65,9 @@ class StopSignals:
     local = self.received is not None
     if process_count == 1:
       return local
-    from jax.experimental import multihost_utils
+    from video_diffusion.parallel.distributed import any_process
 
-    flags = multihost_utils.process_allgather(np.array([local], np.int32))
-    if flags.any() and self.received is None:
+    anywhere = any_process(local)
+    if anywhere and not local:
       self.received = 'SIGTERM to another process'
-    return bool(flags.any())
+    return anywhere

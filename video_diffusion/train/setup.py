@@ -21,7 +21,7 @@ from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, TrainerConfig, config_to_dict
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data.spec import DataSpec
-from video_diffusion.parallel import sharding
+from video_diffusion.parallel import distributed, sharding
 from video_diffusion.train import step as train_step_lib
 from video_diffusion.train.state import TrainState, init_train_state
 
@@ -110,7 +110,7 @@ def restore_or_init(
       warning = str(e)
       if process_index == 0:
         warning += f'; moved to {ckpt.set_aside(step)}'
-      _sync_processes(process_count, f'set aside {step}')
+      distributed.barrier(f'set aside {step}')
       print(f'warning: {warning}; resuming from the checkpoint before it', file=sys.stderr)
   else:
     raise TrainingError(
@@ -126,14 +126,6 @@ def restore_or_init(
       )
     data_state = saved[process_index]
   return state, data_loader.restore_iterator(loader, data_state)
-
-
-def _sync_processes(process_count: int, name: str) -> None:
-  """Waits until every process of a multi-process run gets here."""
-  if process_count > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 def compile_train_step(cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh):
