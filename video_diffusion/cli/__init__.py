@@ -37,12 +37,14 @@ def main(argv: list[str] | None = None) -> None:
       help=make_sub.description,
       description=make_sub.description,
     )
-  args = parser.parse_args(argv)
-  COMMANDS[args.command][1](args)
+  if not argv or argv[0] not in COMMANDS:
+    parser.parse_args(argv)  # prints the help, or the error naming the commands
+  make, run = COMMANDS[argv[0]]
+  run(make(f'{parser.prog} {argv[0]}').parse_intermixed_args(argv[1:]))
 
 
 def entry(command: str, prog: str) -> None:
   """Root scripts: `python train.py ...` is `video-diffusion train ...`."""
   STANDALONE['on'] = True
   make, run = COMMANDS[command]
-  run(make(prog).parse_args(sys.argv[1:]))
+  run(make(prog).parse_intermixed_args(sys.argv[1:]))

@@ -226,6 +226,11 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
     (args.prime and args.interpolate, '--prime and --interpolate cannot be combined'),
     (k is not None and k < 1, f'--num-cond-frames must be >= 1, got {k}'),
     (
+      k is not None and k >= d.num_frames,
+      f"--num-cond-frames {k} leaves none of the model's {d.num_frames} frames "
+      f'(diffusion.num_frames) to generate; give at most {d.num_frames - 1}',
+    ),
+    (
       args.num_frames is not None and args.num_frames < 1,
       f'--num-frames must be >= 1, got {args.num_frames}',
     ),

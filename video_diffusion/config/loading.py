@@ -64,7 +64,25 @@ def _yaml(text: str, where: str) -> Any:
   try:
     return yaml.load(text, Loader=_Loader)
   except yaml.YAMLError as e:
-    raise ConfigError(f'{where}: not valid YAML: {e}') from None
+    raise ConfigError(
+      f'{where}: not valid YAML: {_yaml_problem(e)}; fix the syntax there'
+    ) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+  """One line: "expected ',' or ']', but got '<stream end>' at line 3, column 1 (while
+  parsing a flow sequence from line 2, column 8)"."""
+
+  def at(mark) -> str:
+    return f'line {mark.line + 1}, column {mark.column + 1}'
+
+  problem = ' '.join((getattr(error, 'problem', None) or str(error)).split())
+  mark, context = getattr(error, 'problem_mark', None), getattr(error, 'context', None)
+  text = problem if mark is None else f'{problem} at {at(mark)}'
+  context_mark = getattr(error, 'context_mark', None)
+  if context and context_mark is not None:
+    text += f' ({context} from {at(context_mark)})'
+  return text
 
 
 def _type_of(cls: type, name: str) -> tuple[Any, bool]:

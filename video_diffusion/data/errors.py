@@ -1,5 +1,7 @@
 """Errors and warnings of the data pipeline."""
 
+import warnings
+
 
 class DataError(ValueError):
   """A dataset or loader setting that cannot be used; the message names the path or numbers."""
@@ -7,3 +9,18 @@ class DataError(ValueError):
 
 class UnreadableVideoWarning(UserWarning):
   """A video file of a folder dataset was skipped because it cannot be decoded."""
+
+
+def _plain(default):
+  """formatwarning that prints an UnreadableVideoWarning as one `warning: ...` line,
+  without the source location (it is shown by grain's worker processes too)."""
+
+  def formatwarning(message, category, *args, **kwargs):
+    if issubclass(category, UnreadableVideoWarning):
+      return f'warning: {message}\n'
+    return default(message, category, *args, **kwargs)
+
+  return formatwarning
+
+
+warnings.formatwarning = _plain(warnings.formatwarning)

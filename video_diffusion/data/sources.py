@@ -130,7 +130,7 @@ class VideoFolderSource:
         f'{", ".join(VIDEO_EXTENSIONS)})'
       )
     self._paths = sorted(found, key=lambda p: os.path.relpath(p, self._folder))
-    self._unreadable: set[str] = set()
+    self._unreadable: dict[str, str] = {}  # path -> why it cannot be read
     self._conditions = FolderConditions(
       self._folder,
       self._paths,
@@ -169,7 +169,7 @@ class VideoFolderSource:
       try:
         record = _record(read_video(path))
       except VideoReadError as e:
-        self._unreadable.add(path)
+        self._unreadable[path] = e.reason
         warnings.warn(
           f'skipping unreadable video {path}: {e.reason}', UnreadableVideoWarning, stacklevel=2
         )
@@ -177,10 +177,15 @@ class VideoFolderSource:
       if self.cond_kind is not None:
         record['cond'] = self.condition(i)
       return record
-    raise DataError(f'{self._folder}: none of the {len(self._paths)} video files can be read')
+    path, reason = next(iter(self._unreadable.items()))
+    raise DataError(
+      f'{self._folder}: none of the {len(self._paths)} video files can be read '
+      f'({os.path.relpath(path, self._folder)}: {reason}); convert them to .mp4 or .gif '
+      '(e.g. ffmpeg -i in.mov out.mp4) or point the dataset path at a folder of readable videos'
+    )
 
   def __getstate__(self):
-    return {**self.__dict__, '_unreadable': set()}
+    return {**self.__dict__, '_unreadable': {}}
 
   def __repr__(self) -> str:
     cond = '' if self.cond_kind is None else f', cond={self.cond_kind!r}'

@@ -70,8 +70,12 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     video = _read_gif(path) if ext == '.gif' else _read_av(path)
   except VideoReadError:
     raise
+  except FileNotFoundError:
+    raise VideoReadError(path, 'file not found') from None
   except Exception as e:  # decoders raise many types (OSError, EOFError, av.FFmpegError, ...)
-    raise VideoReadError(path, f'{type(e).__name__}: {e}') from e
+    # FFmpeg's errors carry the path in str(e); their strerror is the reason alone.
+    reason = getattr(e, 'strerror', None) or f'{type(e).__name__}: {e}'
+    raise VideoReadError(path, reason) from e
   if video.shape[0] == 0 or min(video.shape[1:3]) == 0:
     raise VideoReadError(path, f'empty video of shape {video.shape}')
   if np.array_equal(video[..., 0], video[..., 1]) and np.array_equal(video[..., 0], video[..., 2]):

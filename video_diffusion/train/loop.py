@@ -118,6 +118,7 @@ class _Run:
     cond = None if cond is None else sharding.global_batch(cond, self.mesh)
     self.state, metrics = self.train_step(self.state, videos, cond)
     metrics = jax.device_get(metrics)
+    del batch, videos, cond  # grain's shared memory: not to be kept alive by an error below
     metrics['step_time'] = time.perf_counter() - tick
     if not metrics['finite']:
       kept = (
@@ -248,6 +249,8 @@ def train(
       bar.close()
     logger.close()
     data_loader.close_iterator(run.batches)
+    run.batches = None  # frees the prefetched batches' shared memory, even while an error
+    # raised here keeps this frame alive (else: "leaked shared_memory objects" at exit)
     try:
       run.ckpt.close()  # waits for the last save: its write error surfaces here
     except CheckpointWriteError as e:
