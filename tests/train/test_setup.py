@@ -45,7 +45,7 @@ def test_restore_or_init_starts_fresh_then_restores_state_and_data_position(tmp_
   shardings = setup.state_shardings_of(params, tx, cfg.trainer.seed, mesh)
   with Checkpointer(str(tmp_path)) as ckpt:
     state, batches = setup.restore_or_init(
-      ckpt, cfg, 0, params, tx, shardings, setup.training_loader(cfg, 0, 1)
+      ckpt, cfg, 0, params, tx, shardings, setup.training_loader(cfg, 0, 1)[0]
     )
     assert int(state.step) == 0
     next(batches)
@@ -56,7 +56,7 @@ def test_restore_or_init_starts_fresh_then_restores_state_and_data_position(tmp_
   with Checkpointer(str(tmp_path)) as ckpt:
     _, abstract, _ = split_diffusion(cfg, abstract=True)
     restored, batches = setup.restore_or_init(
-      ckpt, cfg, -1, abstract, tx, shardings, setup.training_loader(cfg, 0, 1)
+      ckpt, cfg, -1, abstract, tx, shardings, setup.training_loader(cfg, 0, 1)[0]
     )
     assert int(restored.step) == 5
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)

@@ -190,6 +190,11 @@ def _check_together(cfg: Config, where: str) -> Config:
       f'{where}: diffusion.loss_weighting {d.loss_weighting!r} is for the Gaussian objectives; '
       'flow matching weighs its times through diffusion.time_sampling: set loss_weighting: none'
     )
+  if t.fps is not None and t.frame_stride != 1:
+    raise ConfigError(
+      f'{where}: trainer.fps ({t.fps}) and trainer.frame_stride ({t.frame_stride}) both set '
+      'how clips skip frames; keep one of them (frame_stride: 1, or fps: null)'
+    )
   eval_sampler = t.eval_sampler or default_sampler(d.is_flow, fast=True)
   misfit = sampler_misfit(eval_sampler, d.is_flow)
   if misfit:

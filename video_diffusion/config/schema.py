@@ -226,6 +226,21 @@ class TrainerConfig:
     'sequences, h, w) or a folder of .gif/.mp4/.webm/.avi files '
     '(searched recursively); null or "" = built-in synthetic moving digits.',
   )
+  frame_stride: int = _key(
+    1, 'Clips of a dataset take every k-th frame of the source video; 1 = every frame.', _positive
+  )
+  fps: float | None = _key(
+    None,
+    'Clips of video files are resampled to this frame rate (instead of frame_stride); '
+    'null = the source rate.',
+    _positive,
+  )
+  clips_per_video: int = _key(
+    1,
+    'Clips drawn from each video (or .npy sequence) per epoch, from evenly spaced parts of it.',
+    _positive,
+  )
+  random_flip: bool = _key(False, 'Flip half of the training clips left to right.')
   train_batch_size: int = _key(32, 'Videos per optimiser micro-batch.', _positive)
   train_lr: float = _key(1e-4, 'Adam learning rate.', _positive)
   train_num_steps: int = _key(100000, 'Optimiser steps to train for.', _positive)

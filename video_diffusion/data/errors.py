@@ -11,12 +11,16 @@ class UnreadableVideoWarning(UserWarning):
   """A video file of a folder dataset was skipped because it cannot be decoded."""
 
 
+class ShortVideoWarning(UserWarning):
+  """Videos of a folder dataset have fewer frames than a clip spans (they are padded)."""
+
+
 def _plain(default):
-  """formatwarning that prints an UnreadableVideoWarning as one `warning: ...` line,
+  """formatwarning that prints the data warnings as one `warning: ...` line,
   without the source location (it is shown by grain's worker processes too)."""
 
   def formatwarning(message, category, *args, **kwargs):
-    if issubclass(category, UnreadableVideoWarning):
+    if issubclass(category, (UnreadableVideoWarning, ShortVideoWarning)):
       return f'warning: {message}\n'
     return default(message, category, *args, **kwargs)
 

@@ -6,17 +6,26 @@ processes); process index and count are arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import grain
 from absl import flags
 
+from video_diffusion.data.clips import ReadClip
 from video_diffusion.data.errors import DataError
 from video_diffusion.data.preprocess import Preprocess
 from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
 
-__all__ = ['close_iterator', 'iterator_state', 'make_loader', 'restore_iterator']
+__all__ = [
+  'EpochReport',
+  'close_iterator',
+  'iterator_state',
+  'make_loader',
+  'record_ops',
+  'restore_iterator',
+]
 
 
 def make_loader(
@@ -72,10 +81,8 @@ def make_loader(
     len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs, seed=seed
   )
   batch = total // process_count
-  frames, size, _, channels = spec.video_shape
-  operations = [
-    Preprocess(frames, size, channels),
-    grain.transforms.Batch(batch_size=batch, drop_remainder=True),
+  operations = record_ops(spec, source) + [
+    grain.transforms.Batch(batch_size=batch, drop_remainder=True)
   ]
   workers = spec.workers if worker_count is None else worker_count
   if workers and not flags.FLAGS.is_parsed():
@@ -88,6 +95,39 @@ def make_loader(
     shard_options=shard,
     read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch),
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochReport:
+  """Steps per epoch of a source at a batch size (all processes together) and how
+  many of an epoch's clips come from videos shorter than a clip (padded)."""
+
+  steps: int
+  clips: int
+  short_clips: int = 0
+
+  @classmethod
+  def of(cls, source, batch_size: int) -> EpochReport:
+    clips = getattr(source, 'clips', None)
+    short = len(source.short_videos()) * clips.clips_per_video if clips else 0
+    return cls(len(source) // batch_size, len(source), short)
+
+  def warning(self, step: int) -> str | None:
+    """The end-of-epoch line when `step` ends an epoch with short clips, else None."""
+    if not self.short_clips or not self.steps or step % self.steps:
+      return None
+    return (
+      f'warning: epoch {step // self.steps} (to step {step}): {self.short_clips} of its '
+      f'{self.clips} clips came from videos shorter than a clip and repeat their last frame'
+    )
+
+
+def record_ops(spec: DataSpec, source) -> list:
+  """The per-record operations from a source's record to the model's clip: the
+  clip read (file sources) and Preprocess; each takes a random generator."""
+  frames, size, _, channels = spec.video_shape
+  read = [ReadClip(source)] if getattr(source, 'clips', None) is not None else []
+  return read + [Preprocess(frames, size, channels, random_flip=spec.random_flip)]
 
 
 def iterator_state(iterator) -> dict:

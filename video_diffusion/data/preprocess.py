@@ -19,13 +19,15 @@ class Preprocess(grain.transforms.RandomMap):
   frame is repeated. Space: the centred square of side min(h, w) is resized to
   image_size with Pillow's bilinear filter (antialiased when shrinking), i.e.
   resize the shorter side then centre-crop. Channels: RGB -> 1 by ITU-R 601
-  luma (as Pillow's 'L'), grey -> 3 by repetition.
+  luma (as Pillow's 'L'), grey -> 3 by repetition. random_flip mirrors half
+  of the videos left to right.
   """
 
-  def __init__(self, num_frames: int, image_size: int, channels: int):
+  def __init__(self, num_frames: int, image_size: int, channels: int, random_flip: bool = False):
     if channels not in (1, 3):
       raise DataError(f'channels must be 1 (grey) or 3 (RGB) for video data, got {channels}')
     self.num_frames, self.image_size, self.channels = num_frames, image_size, channels
+    self.random_flip = random_flip
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     video = np.asarray(element['video'])
@@ -47,6 +49,8 @@ class Preprocess(grain.transforms.RandomMap):
       video = np.stack([self._resize(frame, box) for frame in video])
     if video.shape[-1] == 1 and self.channels == 3:
       video = np.repeat(video, 3, axis=-1)
+    if self.random_flip and rng.random() < 0.5:
+      video = video[:, :, ::-1]
     return {**element, 'video': np.ascontiguousarray(video)}
 
   def _resize(self, frame: np.ndarray, box) -> np.ndarray:

@@ -15,15 +15,23 @@ import warnings
 import numpy as np
 
 from video_diffusion.conditions.kinds import KIND_KEYS
+from video_diffusion.data.clips import ClipSampling
 from video_diffusion.data.conditions import (
   FolderConditions,
   add_synthetic_condition,
   check_synthetic,
 )
-from video_diffusion.data.errors import DataError, UnreadableVideoWarning
+from video_diffusion.data.errors import DataError, ShortVideoWarning, UnreadableVideoWarning
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.data.synthetic import moving_digits
-from video_diffusion.data.video_io import VIDEO_EXTENSIONS, VideoReadError, read_video
+from video_diffusion.data.video_io import (
+  VIDEO_EXTENSIONS,
+  VideoInfo,
+  VideoReadError,
+  probe_video,
+  read_frames,
+  read_video,
+)
 
 __all__ = [
   'MAX_DIGITS',
@@ -51,10 +59,14 @@ class MovingMnistSource:
   is memory-mapped (and re-opened after pickling); one record per sequence.
   """
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, clips: ClipSampling | None = None):
     self._path = os.fspath(path)
     self._array = self._open()
-    self._length = self._array.shape[1] if self._array.ndim == 4 else self._array.shape[0]
+    layout = (1, 0) if self._array.ndim == 4 else (0, 1)  # axes of (sequences, frames)
+    self._sequences, self._length = (self._array.shape[axis] for axis in layout)
+    self._clips = clips
+    if clips is not None:
+      clips.step(None)  # refuses fps: an array has no frame rate
 
   def _open(self) -> np.ndarray:
     try:
@@ -77,18 +89,35 @@ class MovingMnistSource:
     return array
 
   def __len__(self) -> int:
-    return self._length
+    return self._sequences * (self._clips.clips_per_video if self._clips else 1)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    """Sequence `index` whole, or with clip sampling a reference to clip `index` (ReadClip)."""
+    if self._clips is not None:
+      return {'clip': np.int64(index)}
+    return _record(self._frames(index, slice(None)))
+
+  def _frames(self, sequence: int, frames) -> np.ndarray:
     if self._array is None:
       self._array = self._open()
     if self._array.ndim == 4:
-      return _record(np.array(self._array[:, index, :, :, None]))
-    return _record(np.array(self._array[index]))
+      return np.array(self._array[frames, sequence, :, :, None])
+    return np.array(self._array[sequence, frames])
+
+  def read_clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Clip `index`: part index % clips_per_video of sequence index // clips_per_video;
+    only its frames are read from the memory-mapped file."""
+    sequence, part = divmod(index, self._clips.clips_per_video)
+    frames = self._clips.indices(self._length, None, rng, part)
+    return _record(self._frames(sequence, frames))
 
   @property
   def cond_kind(self) -> None:
     return None  # no labels or texts
+
+  @property
+  def clips(self) -> ClipSampling | None:
+    return self._clips
 
   def __getstate__(self):
     return {**self.__dict__, '_array': None}
@@ -99,6 +128,12 @@ class MovingMnistSource:
 
 class VideoFolderSource:
   """Every video file under a folder (recursive, sorted by relative path).
+
+  Without `clips`, record i is file i decoded whole. With `clips` (a
+  ClipSampling), record i is a reference to clip i % clips_per_video of file
+  i // clips_per_video, which ReadClip turns into the clip through
+  read_clip(i, rng), decoding only its frames; the files' frame counts and
+  rates are read from their headers when the source is made.
 
   A file that cannot be decoded is skipped with one UnreadableVideoWarning
   (per file and process) and the next readable file (index + 1, wrapping) is
@@ -118,6 +153,7 @@ class VideoFolderSource:
     num_classes: int | None = None,
     cond_dim: int | None = None,
     path_as_cond: bool = False,
+    clips: ClipSampling | None = None,
   ):
     self._folder = os.fspath(folder)
     found = []
@@ -139,6 +175,26 @@ class VideoFolderSource:
       cond_dim=cond_dim,
       path_as_cond=path_as_cond,
     )
+    self._clips = clips
+    self._infos: list[VideoInfo | None] = []
+    if clips is not None:
+      for path in self._paths:
+        try:
+          self._infos.append(probe_video(path))
+        except VideoReadError as e:
+          self._infos.append(None)
+          self._skip(path, e.reason)
+      if all(info is None for info in self._infos):
+        self._none_readable()
+      short = self.short_videos()
+      if short:
+        warnings.warn(
+          f'{len(short)} of the {len(self._paths)} videos in {self._folder} are shorter than a '
+          f'clip ({clips.describe()}; the first: {os.path.relpath(short[0], self._folder)}): '
+          'their clips repeat their last frame',
+          ShortVideoWarning,
+          stacklevel=2,
+        )
 
   @property
   def paths(self) -> list[str]:
@@ -153,30 +209,67 @@ class VideoFolderSource:
   def cond_kind(self) -> str | None:
     return self._conditions.kind
 
+  @property
+  def clips(self) -> ClipSampling | None:
+    return self._clips
+
+  def short_videos(self) -> list[str]:
+    """The readable files with fewer frames than a clip spans (padded with their last frame)."""
+    return [
+      path
+      for path, info in zip(self._paths, self._infos)
+      if info is not None and info.frames < self._clips.span(info.fps)
+    ]
+
   def condition(self, index: int) -> np.ndarray | None:
     """The 'cond' of paths[index] (None when unconditional), without decoding the video."""
     return self._conditions(index, self._paths[index])
 
   def __len__(self) -> int:
-    return len(self._paths)
+    return len(self._paths) * (self._clips.clips_per_video if self._clips else 1)
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    """File `index` whole, or with clip sampling a reference to clip `index` (ReadClip)."""
+    if self._clips is not None:
+      return {'clip': np.int64(index)}
+    return self._first_readable(index, lambda i: read_video(self._paths[i]))
+
+  def read_clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Clip `index`: part index % clips_per_video of file index // clips_per_video."""
+    file, part = divmod(index, self._clips.clips_per_video)
+
+    def read(i):
+      info = self._infos[i]
+      if info is None:
+        raise VideoReadError(self._paths[i], self._unreadable[self._paths[i]])
+      return read_frames(self._paths[i], self._clips.indices(info.frames, info.fps, rng, part))
+
+    return self._first_readable(file, read)
+
+  def _first_readable(self, file: int, read) -> dict[str, np.ndarray]:
+    """The record of read(file), or of the next file that can be read."""
     for step in range(len(self._paths)):
-      i = (index + step) % len(self._paths)
+      i = (file + step) % len(self._paths)
       path = self._paths[i]
       if path in self._unreadable:
         continue
       try:
-        record = _record(read_video(path))
+        record = _record(read(i))
       except VideoReadError as e:
-        self._unreadable[path] = e.reason
-        warnings.warn(
-          f'skipping unreadable video {path}: {e.reason}', UnreadableVideoWarning, stacklevel=2
-        )
+        self._skip(path, e.reason)
         continue
       if self.cond_kind is not None:
         record['cond'] = self.condition(i)
       return record
+    self._none_readable()
+
+  def _skip(self, path: str, reason: str) -> None:
+    self._unreadable[path] = reason
+    warnings.warn(
+      f'skipping unreadable video {path}: {reason}', UnreadableVideoWarning, stacklevel=3
+    )
+
+  def _none_readable(self):
     path, reason = next(iter(self._unreadable.items()))
     raise DataError(
       f'{self._folder}: none of the {len(self._paths)} video files can be read '
@@ -246,11 +339,19 @@ def make_source(spec: DataSpec):
   """The source of spec.dataset_path, with the conditions spec.condition asks for.
 
   None -> SyntheticDigitsSource (seed spec.seed); a path ending in .npy ->
-  MovingMnistSource (unconditional only); a folder -> VideoFolderSource.
+  MovingMnistSource (unconditional only); a folder -> VideoFolderSource. The
+  file sources give clip references that record_ops' ReadClip reads.
   """
   c, kind = spec.condition, spec.condition.kind
+  frames, size, _, channels = spec.video_shape
+  clips = ClipSampling(frames, spec.frame_stride, spec.fps, spec.clips_per_video)
   if spec.dataset_path is None:
-    frames, size, _, channels = spec.video_shape
+    if clips != ClipSampling(frames):
+      raise DataError(
+        'trainer.frame_stride, fps and clips_per_video cut clips from the videos of '
+        'trainer.dataset_path; the synthetic digits (no dataset_path) are made at the '
+        "model's frames: leave them at 1, null and 1"
+      )
     return SyntheticDigitsSource(
       spec.seed, frames, size, channels, cond=kind, num_classes=c.num_classes, cond_dim=c.cond_dim
     )
@@ -266,6 +367,7 @@ def make_source(spec: DataSpec):
       num_classes=c.num_classes,
       cond_dim=c.cond_dim,
       path_as_cond=spec.path_as_cond,
+      clips=clips,
     )
   if not os.path.exists(path):
     raise DataError(f'{path}: dataset not found; {accepted}')
@@ -277,5 +379,5 @@ def make_source(spec: DataSpec):
       'model'
     )
   if path.lower().endswith('.npy'):
-    return MovingMnistSource(path)
+    return MovingMnistSource(path, clips)
   raise DataError(f'{path}: not a .npy file or a folder; {accepted}')

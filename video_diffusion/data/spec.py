@@ -14,7 +14,9 @@ class DataSpec:
   video_shape: (frames, height, width, channels) of the model's videos.
   batch_size: videos per optimiser step, all processes together
   (micro-batch x gradient accumulation). dataset_path None = the built-in
-  synthetic digits (drawn from `seed`).
+  synthetic digits (drawn from `seed`). Clips take every frame_stride-th
+  frame, or are resampled to `fps` (video files only); each video gives
+  clips_per_video clips per epoch; random_flip mirrors half of them.
   """
 
   dataset_path: str | None
@@ -24,6 +26,10 @@ class DataSpec:
   path_as_cond: bool = False
   seed: int = 0
   workers: int = 0
+  frame_stride: int = 1
+  fps: float | None = None
+  clips_per_video: int = 1
+  random_flip: bool = False
 
   @classmethod
   def from_config(cls, cfg) -> DataSpec:
@@ -37,4 +43,8 @@ class DataSpec:
       path_as_cond=t.use_path_as_cond,
       seed=t.seed,
       workers=t.data_workers,
+      frame_stride=t.frame_stride,
+      fps=t.fps,
+      clips_per_video=t.clips_per_video,
+      random_flip=t.random_flip,
     )

@@ -6,6 +6,8 @@ channels). numpy, Pillow and PyAV only (runs in grain worker processes).
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import os
 
@@ -15,7 +17,10 @@ from PIL import Image, ImageSequence
 
 __all__ = [
   'VIDEO_EXTENSIONS',
+  'VideoInfo',
   'VideoReadError',
+  'probe_video',
+  'read_frames',
   'read_video',
   'to_uint8',
   'video_grid',
@@ -34,22 +39,114 @@ class VideoReadError(ValueError):
     super().__init__(f'{self.path}: cannot read video: {reason}')
 
 
-def _read_gif(path: str) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  """A video file's frame count and rate, read from its header (GIF: its frame durations)."""
+
+  frames: int
+  fps: float
+
+
+_GIF_FRAME_MS = 100  # what browsers show a GIF frame that sets no duration for
+
+
+def _gif_frames(path: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
   with Image.open(path) as im:
     if im.format != 'GIF':
       raise VideoReadError(path, f'not a GIF file (Pillow reads it as {im.format})')
-    frames = [np.asarray(frame.convert('RGB')) for frame in ImageSequence.Iterator(im)]
-  return np.stack(frames)
+    last = max(wanted) if wanted else None
+    frames = {}
+    for index, frame in enumerate(ImageSequence.Iterator(im)):  # disposal needs every frame
+      if last is not None and index > last:
+        break
+      if wanted is None or index in wanted:
+        frames[index] = np.asarray(frame.convert('RGB'))
+  return frames
 
 
-def _read_av(path: str) -> np.ndarray:
+def _av_frames(path: str, wanted: set[int] | None, seek: bool = True) -> dict[int, np.ndarray]:
+  """{index: frame}; with `wanted`, decoding starts at the keyframe before its
+  first index (found from the stream's timestamps) and stops after its last."""
   with av.open(path) as container:
     if not container.streams.video:
       raise VideoReadError(path, 'the file has no video stream')
-    frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+    stream = container.streams.video[0]
+    rate, base, start = stream.average_rate, stream.time_base, stream.start_time or 0
+    first, last = (min(wanted), max(wanted)) if wanted else (0, None)
+    seek = seek and first > 0 and bool(rate) and base is not None
+    if seek:
+      container.seek(start + int(first / rate / base), stream=stream)  # back to a keyframe
+    frames = {}
+    for count, frame in enumerate(container.decode(stream)):
+      timed = frame.pts is not None and bool(rate) and base is not None
+      index = round(float((frame.pts - start) * base * rate)) if timed else count
+      if seek and (not timed or (count == 0 and index > first)):
+        return _av_frames(path, wanted, seek=False)  # no usable timestamps: count from 0
+      if last is not None and index > last:
+        break
+      if wanted is None or index in wanted:
+        frames[index] = frame.to_ndarray(format='rgb24')
+  return frames
+
+
+def _decode(path: str | os.PathLike, read, *args):
+  """read(path, ...) with every decoder failure turned into VideoReadError."""
+  path = os.fspath(path)
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in VIDEO_EXTENSIONS:
+    raise VideoReadError(
+      path, f'unknown extension {ext or "(none)"!r}; readable: {", ".join(VIDEO_EXTENSIONS)}'
+    )
+  try:
+    return read(path, ext, *args)
+  except VideoReadError:
+    raise
+  except FileNotFoundError:
+    raise VideoReadError(path, 'file not found') from None
+  except Exception as e:  # decoders raise many types (OSError, EOFError, av.FFmpegError, ...)
+    # FFmpeg's errors carry the path in str(e); their strerror is the reason alone.
+    reason = getattr(e, 'strerror', None) or f'{type(e).__name__}: {e}'.replace(f" '{path}'", '')
+    raise VideoReadError(path, reason) from e
+
+
+def _probe(path: str, ext: str) -> VideoInfo:
+  if ext == '.gif':
+    with Image.open(path) as im:
+      if im.format != 'GIF':
+        raise VideoReadError(path, f'not a GIF file (Pillow reads it as {im.format})')
+      return VideoInfo(im.n_frames, 1000 / (im.info.get('duration') or _GIF_FRAME_MS))
+  with av.open(path) as container:
+    if not container.streams.video:
+      raise VideoReadError(path, 'the file has no video stream')
+    stream = container.streams.video[0]
+    fps = float(stream.average_rate or stream.guessed_rate or 0)
+    frames = stream.frames
+    if not frames and fps:  # containers without a frame count (webm, mkv): from the duration
+      seconds = stream.duration * stream.time_base if stream.duration else container.duration / 1e6
+      frames = round(float(seconds or 0) * fps)
+  if not frames or not fps:
+    raise VideoReadError(path, 'the header gives no frame count or frame rate')
+  return VideoInfo(int(frames), fps)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+  """Frame count and rate of a video file from its header, without decoding frames."""
+  return _decode(path, _probe)
+
+
+def _as_video(path: str, frames: list[np.ndarray]) -> np.ndarray:
   if not frames:
     raise VideoReadError(path, 'the video stream has no decodable frames')
-  return np.stack(frames)
+  video = np.stack(frames)
+  if min(video.shape[1:3]) == 0:
+    raise VideoReadError(path, f'empty video of shape {video.shape}')
+  if np.array_equal(video[..., 0], video[..., 1]) and np.array_equal(video[..., 0], video[..., 2]):
+    video = np.ascontiguousarray(video[..., :1])
+  return video
+
+
+def _read(path: str, ext: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
+  return (_gif_frames if ext == '.gif' else _av_frames)(path, wanted)
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
@@ -60,27 +157,21 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
   grey (R == G == B), else 3 (RGB). A missing, truncated or corrupt file, or
   an unknown extension, raises VideoReadError.
   """
-  path = os.fspath(path)
-  ext = os.path.splitext(path)[1].lower()
-  if ext not in VIDEO_EXTENSIONS:
-    raise VideoReadError(
-      path, f'unknown extension {ext or "(none)"!r}; readable: {", ".join(VIDEO_EXTENSIONS)}'
-    )
-  try:
-    video = _read_gif(path) if ext == '.gif' else _read_av(path)
-  except VideoReadError:
-    raise
-  except FileNotFoundError:
-    raise VideoReadError(path, 'file not found') from None
-  except Exception as e:  # decoders raise many types (OSError, EOFError, av.FFmpegError, ...)
-    # FFmpeg's errors carry the path in str(e); their strerror is the reason alone.
-    reason = getattr(e, 'strerror', None) or f'{type(e).__name__}: {e}'
-    raise VideoReadError(path, reason) from e
-  if video.shape[0] == 0 or min(video.shape[1:3]) == 0:
-    raise VideoReadError(path, f'empty video of shape {video.shape}')
-  if np.array_equal(video[..., 0], video[..., 1]) and np.array_equal(video[..., 0], video[..., 2]):
-    video = np.ascontiguousarray(video[..., :1])
-  return video
+  frames = _decode(path, _read, None)
+  return _as_video(os.fspath(path), [frames[i] for i in sorted(frames)])
+
+
+def read_frames(path: str | os.PathLike, indices) -> np.ndarray:
+  """The frames of `indices` (ascending, repeats allowed) as read_video gives
+  them, decoding only from the keyframe before the first to the last. Indices
+  past the end of the video get its last frame."""
+  indices = [int(i) for i in indices]
+  frames = _decode(path, _read, set(indices))
+  if not frames:
+    raise VideoReadError(path, f'no frame at or after index {indices[0]} can be decoded')
+  have = sorted(frames)  # an index not decoded (past the end) gets the frame before it
+  nearest = [have[max(bisect.bisect_right(have, i) - 1, 0)] for i in indices]
+  return _as_video(os.fspath(path), [frames[k] for k in nearest])
 
 
 def to_uint8(videos, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

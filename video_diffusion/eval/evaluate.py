@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from video_diffusion.conditions import encoding as conditioning
-from video_diffusion.data.preprocess import Preprocess
+from video_diffusion.data.loader import record_ops
 from video_diffusion.data.sources import SyntheticDigitsSource, make_source
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.diffusion.samplers import get_sampler
@@ -66,11 +66,12 @@ def real_sets(cfg, num_videos: int, *, dataset_path: str | None = None, seed: in
         f'{len(source) // 2} or less, or pass a larger dataset'
       )
     start = len(source) - total
-  frames, size, _, channels = spec.video_shape
-  preprocess = Preprocess(frames, size, channels)
+  ops = record_ops(dataclasses.replace(spec, random_flip=False), source)
   videos, conds = [], []
   for i in range(start, start + total):
-    record = preprocess.random_map(source[i], np.random.default_rng([seed, i]))
+    rng, record = np.random.default_rng([seed, i]), source[i]
+    for op in ops:
+      record = op.random_map(record, rng)
     videos.append(record['video'])
     conds.append(record.get('cond'))
   videos = np.stack(videos)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -79,7 +80,7 @@ class _Run:
     self.graphdef, params, self.constants = split_diffusion(cfg, abstract=resume_step != 0)
     schedule = learning_rate_schedule(t)
     tx = make_optimizer(t)
-    loader = setup.training_loader(cfg, process_index, process_count)
+    loader, self.epoch = setup.training_loader(cfg, process_index, process_count)
     shardings = setup.state_shardings_of(params, tx, t.seed, self.mesh)
     self.state, self.batches = setup.restore_or_init(
       self.ckpt, cfg, resume_step, params, tx, shardings, loader, process_index, process_count
@@ -216,6 +217,9 @@ def train(
         if fvd is not None:
           logged['fvd'] = fvd
       logger.log(run.step, logged)
+      epoch_note = run.epoch.warning(run.step)
+      if run.is_main and epoch_note:
+        print(epoch_note, file=sys.stderr)
       if bar is not None:
         bar.update(run.step, loss=loss)
       if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:

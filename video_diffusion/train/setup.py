@@ -20,6 +20,7 @@ from video_diffusion.checkpointing.checkpointer import (
 from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, TrainerConfig, config_to_dict
 from video_diffusion.data import loader as data_loader
+from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.parallel import distributed, sharding
 from video_diffusion.train import step as train_step_lib
@@ -57,9 +58,14 @@ def resume_policy(requested: int, existing: list[int], checkpoint_dir: str) -> i
 
 
 def training_loader(cfg: Config, process_index: int, process_count: int):
-  """This process's loader of the run's data (DataSpec.from_config)."""
+  """(loader, epoch) of this process: the loader of the run's data
+  (DataSpec.from_config) and an EpochReport of its source."""
   spec = DataSpec.from_config(cfg)
-  return data_loader.make_loader(spec, process_index=process_index, process_count=process_count)
+  source = make_source(spec)
+  loader = data_loader.make_loader(
+    spec, process_index=process_index, process_count=process_count, source=source
+  )
+  return loader, data_loader.EpochReport.of(source, spec.batch_size)
 
 
 def restore_or_init(
