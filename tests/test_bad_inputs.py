@@ -1,13 +1,14 @@
 """Bad input of every kind ends in exit status 2 and one `error:` line, and changes no checkpoint.
 
-Each row of BAD_INPUTS is a command line (train, sample or eval) run in-process
-through `video_diffusion.cli.main`, so an uncaught exception fails the test the
-way a traceback would fail a user. Placeholders: {train}, {sample}, {eval} a
-command with the tiny (class-conditional) config {cfg} and its trained
-checkpoints {ckpt}; {uncond} the override that makes the model unconditional;
-{dir} this module's folder of bad files; {damaged} a copy of the checkpoints
-with a truncated params file. A training run without a results folder of its
-own writes into a new, empty one. A few rows run again through the scripts.
+Each row of BAD_INPUTS is a command line (train, sample, eval or prepare) run
+in-process through `video_diffusion.cli.main`, so an uncaught exception fails
+the test the way a traceback would fail a user. Placeholders: {train},
+{sample}, {eval}, {prepare} a command with the tiny (class-conditional) config
+{cfg} (and its trained checkpoints {ckpt}); {uncond} the override that makes
+the model unconditional; {dir} this module's folder of bad files; {damaged} a
+copy of the checkpoints with a truncated params file; {fresh} a new, empty
+folder, where a training run without a results folder of its own writes. A
+few rows run again through the scripts.
 """
 
 import hashlib
@@ -25,6 +26,8 @@ from PIL import Image
 
 from video_diffusion import cli
 from video_diffusion.config import config_from_dict
+from video_diffusion.data.prepare import prepare
+from video_diffusion.data.spec import DataSpec
 from video_diffusion.train import loop as trainer
 
 pytestmark = pytest.mark.slow  # trains a model and runs the CLI end to end
@@ -147,6 +150,14 @@ BAD_INPUTS = [
   ('unknown sampler', '{sample} --sampler bogus',
    "invalid choice: 'bogus'"),
   ('unknown allocator', '{train} --malloc bogus', "invalid choice: 'bogus'"),
+  ('prepare into a used folder', '{prepare} {dir}/frames.npy {dir}/cut', 'is not empty'),
+  ('prepare no source', '{prepare} {dir}/nothere {fresh}', 'dataset not found'),
+  ('prepare no shards', '{prepare} {dir}/frames.npy {fresh} --shards 0', '--shards must be'),
+  (
+    'packed clips of another size',
+    '{train} trainer.dataset_path={dir}/packed {uncond} diffusion.num_frames=2',
+    'holds clips of 4 frames of 16x16',
+  ),
   ('eval one video', '{eval} --num-videos 1', '>= 2, got 1'),
   ('eval empty real', '{eval} --real-path {dir}/empty',
    'no video files'),
@@ -195,6 +206,8 @@ def bad(tmp_path_factory):
   data['trainer']['results_folder'] = str(root / 'run')
   assert trainer.train(config_from_dict(data)).checkpoint_steps == [1]
   (root / 'tiny.yaml').write_text(yaml.safe_dump(data))
+  spec = DataSpec.from_config(config_from_dict(data))
+  prepare(str(root / 'frames.npy'), str(root / 'packed'), spec, 1)
   ckpt = root / 'run' / 'checkpoints'
   damaged = root / 'damaged' / 'checkpoints'
   shutil.copytree(ckpt, damaged)
@@ -219,13 +232,14 @@ COMMANDS = {
   'train': 'train --config {cfg}',
   'sample': 'sample --checkpoint-path {ckpt} --config {cfg}',
   'eval': 'eval --checkpoint-path {ckpt} --config {cfg}',
+  'prepare': 'prepare --config {cfg}',
 }
 
 
 def command(template, paths, fresh):
   """argv of a row; a training run without its own results folder writes into `fresh`."""
   commands = {name: text.format(**paths) for name, text in COMMANDS.items()}
-  argv = template.format(**paths, **commands, uncond=UNCONDITIONAL).split()
+  argv = template.format(**paths, **commands, uncond=UNCONDITIONAL, fresh=fresh).split()
   if argv[0] == 'train' and not any('results_folder=' in a for a in argv):
     argv.append(f'trainer.results_folder={fresh}')
   return argv

@@ -66,12 +66,12 @@ def test_readme_starts_with_the_demo_and_test_commands_and_ci_runs_the_latter():
 
 
 def test_readme_documents_every_flag_and_config_key():
-  from video_diffusion.cli import eval_parser, sample_parser, train_parser
+  from video_diffusion.cli import eval_parser, prepare_parser, sample_parser, train_parser
   from video_diffusion.config import markdown_table
 
   text = README.read_text()
   assert markdown_table() in text
-  for parser in (train_parser(), sample_parser(), eval_parser()):
+  for parser in (train_parser(), sample_parser(), eval_parser(), prepare_parser()):
     for action in parser._actions:
       if action.option_strings and action.dest != 'help':
         assert f'`{action.option_strings[0]}' in text, action.option_strings[0]

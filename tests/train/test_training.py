@@ -15,6 +15,8 @@ from conftest import ROOT
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.config import config_from_dict, dump_config
+from video_diffusion.data.prepare import prepare
+from video_diffusion.data.spec import DataSpec
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.train import loop as trainer
 from video_diffusion.train.optimizer import make_optimizer
@@ -102,6 +104,21 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, straight):
   )
   lines = (tmp_path / 'split' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == 4
+
+
+def test_training_on_packed_shards_resumes_bit_identically(tmp_path):
+  """prepare -> train -> stop -> resume on ArrayRecord shards equals one straight run."""
+  videos = np.random.default_rng(0).integers(0, 256, (10, 12, 16, 16), np.uint8)
+  np.save(tmp_path / 'm.npy', videos)
+  shards = str(tmp_path / 'shards')
+  spec = DataSpec.from_config(tiny_config(tmp_path, dataset_path=str(tmp_path / 'm.npy')))
+  prepare(str(tmp_path / 'm.npy'), shards, spec, 3)
+  whole = tiny_config(tmp_path / 'whole', dataset_path=shards)
+  assert trainer.train(whole).checkpoint_steps == [2, 4]
+  split = tiny_config(tmp_path / 'split', dataset_path=shards, train_num_steps=2)
+  trainer.train(split)
+  trainer.train(with_steps(split, 4), resume_step=-1)
+  assert_same_state(whole, split, 4)
 
 
 def test_sigterm_checkpoints_the_step_in_flight_and_resumes_exactly(

@@ -1,4 +1,4 @@
-"""Command line: `video-diffusion train|sample|eval` (also `python train.py`, `python sample.py`).
+"""Command line: `video-diffusion train|sample|eval|prepare` (and `python train.py|sample.py`).
 
 `parsers` has the flags, `commands` what each command does with them.
 """
@@ -8,15 +8,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from video_diffusion.cli.commands import STANDALONE, run_eval, run_sample, run_train
-from video_diffusion.cli.parsers import eval_parser, sample_parser, train_parser
+from video_diffusion.cli.commands import STANDALONE, run_eval, run_prepare, run_sample, run_train
+from video_diffusion.cli.parsers import eval_parser, prepare_parser, sample_parser, train_parser
 
-__all__ = ['COMMANDS', 'entry', 'eval_parser', 'main', 'sample_parser', 'train_parser']
+__all__ = [
+  'COMMANDS',
+  'entry',
+  'eval_parser',
+  'main',
+  'prepare_parser',
+  'sample_parser',
+  'train_parser',
+]
 
 COMMANDS = {
   'train': (train_parser, run_train),
   'sample': (sample_parser, run_sample),
   'eval': (eval_parser, run_eval),
+  'prepare': (prepare_parser, run_prepare),
 }
 
 

@@ -269,3 +269,53 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
     num_frames=args.num_frames,
     num_cond_frames=k if not args.interpolate else None,
   )
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+  from video_diffusion.config import ConfigError, load_config
+
+  overrides = [
+    f'{key}={value}'
+    for key, value in (
+      ('diffusion.num_frames', args.num_frames),
+      ('diffusion.image_size', args.image_size),
+      ('diffusion.channels', args.channels),
+      ('trainer.frame_stride', args.frame_stride),
+      ('trainer.fps', args.fps),
+      ('trainer.clips_per_video', args.clips_per_video),
+      ('trainer.seed', args.seed),
+    )
+    if value is not None
+  ]
+  # the other copies of a size (the seed configs' trainer keys, unet.channels) follow it
+  for key in ('num_frames', 'image_size', 'channels'):
+    if getattr(args, key) is not None:
+      overrides.append(f'trainer.{key}=null')
+  if args.channels is not None:
+    overrides.append(f'unet.channels={args.channels}')
+  try:
+    cfg = load_config(args.config, overrides)
+  except ConfigError as e:
+    _fail(str(e))
+  from video_diffusion.data.errors import DataError
+  from video_diffusion.data.prepare import prepare
+  from video_diffusion.data.spec import DataSpec
+  from video_diffusion.reporting.progress import ProgressBar
+
+  try:
+    manifest = prepare(
+      args.source,
+      args.out,
+      DataSpec.from_config(cfg),
+      args.shards,
+      progress=lambda total, done: ProgressBar(total, initial=done, unit='clip', label='prepare'),
+    )
+  except DataError as e:
+    _fail(str(e))
+  f, s, _, c = manifest['video_shape']
+  kinds = ', '.join(manifest['conditions']) or 'none'
+  print(
+    f'packed {manifest["clips"]} clips of {f} frames of {s}x{s}x{c} into '
+    f'{len(manifest["shards"])} shards in {os.path.abspath(args.out)} (conditions: {kinds}); '
+    f'train on them with trainer.dataset_path={args.out}'
+  )

@@ -295,3 +295,34 @@ def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
   )
   _add_common(parser)
   return parser
+
+
+def prepare_parser(prog: str | None = None) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog=prog,
+    description='Cut the clips of a folder of videos (or a Moving MNIST .npy) once, '
+    'preprocessed to the model size, into ArrayRecord shards with their conditions; '
+    'point trainer.dataset_path at the output folder to train on them.',
+  )
+  parser.add_argument('source', metavar='SRC', help='folder of videos or Moving MNIST .npy.')
+  parser.add_argument('out', metavar='OUT', help='new folder for the shards and manifest.json.')
+  parser.add_argument(
+    '--config',
+    default=default_config(),
+    help='YAML config whose diffusion and trainer keys give the defaults below '
+    f'(default: {DEFAULT_CONFIG}).',
+  )
+  for flag, key, kind in (
+    ('--num-frames', 'diffusion.num_frames', int),
+    ('--image-size', 'diffusion.image_size', int),
+    ('--channels', 'diffusion.channels', int),
+    ('--frame-stride', 'trainer.frame_stride', int),
+    ('--fps', 'trainer.fps', float),
+    ('--clips-per-video', 'trainer.clips_per_video', int),
+    ('--seed', 'trainer.seed', int),
+  ):
+    parser.add_argument(flag, type=kind, default=None, metavar='N', help=f'default: {key}.')
+  parser.add_argument(
+    '--shards', type=int, default=8, metavar='M', help='ArrayRecord files to write (default: 8).'
+  )
+  return parser

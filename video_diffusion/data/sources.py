@@ -22,6 +22,8 @@ from video_diffusion.data.conditions import (
   check_synthetic,
 )
 from video_diffusion.data.errors import DataError, ShortVideoWarning, UnreadableVideoWarning
+from video_diffusion.data.records import MAX_DIGITS, video_record
+from video_diffusion.data.shards import PackedSource, is_packed
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.data.synthetic import moving_digits
 from video_diffusion.data.video_io import (
@@ -40,16 +42,6 @@ __all__ = [
   'VideoFolderSource',
   'make_source',
 ]
-
-MAX_DIGITS = 2
-
-
-def _record(video: np.ndarray) -> dict[str, np.ndarray]:
-  return {
-    'video': video,
-    'label': np.full((MAX_DIGITS,), -1, np.int32),
-    'velocity': np.zeros((MAX_DIGITS, 2), np.float32),
-  }
 
 
 class MovingMnistSource:
@@ -95,7 +87,7 @@ class MovingMnistSource:
     """Sequence `index` whole, or with clip sampling a reference to clip `index` (ReadClip)."""
     if self._clips is not None:
       return {'clip': np.int64(index)}
-    return _record(self._frames(index, slice(None)))
+    return video_record(self._frames(index, slice(None)))
 
   def _frames(self, sequence: int, frames) -> np.ndarray:
     if self._array is None:
@@ -109,7 +101,7 @@ class MovingMnistSource:
     only its frames are read from the memory-mapped file."""
     sequence, part = divmod(index, self._clips.clips_per_video)
     frames = self._clips.indices(self._length, None, rng, part)
-    return _record(self._frames(sequence, frames))
+    return video_record(self._frames(sequence, frames))
 
   @property
   def cond_kind(self) -> None:
@@ -197,6 +189,10 @@ class VideoFolderSource:
         )
 
   @property
+  def folder(self) -> str:
+    return self._folder
+
+  @property
   def paths(self) -> list[str]:
     return list(self._paths)
 
@@ -232,10 +228,14 @@ class VideoFolderSource:
     """File `index` whole, or with clip sampling a reference to clip `index` (ReadClip)."""
     if self._clips is not None:
       return {'clip': np.int64(index)}
-    return self._first_readable(index, lambda i: read_video(self._paths[i]))
+    return self._first_readable(index, lambda i: read_video(self._paths[i]))[1]
 
   def read_clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Clip `index`: part index % clips_per_video of file index // clips_per_video."""
+    return self.read_clip_of_file(index, rng)[1]
+
+  def read_clip_of_file(self, index: int, rng: np.random.Generator) -> tuple[int, dict]:
+    """(file, record) of read_clip: the file read, the next readable one if need be."""
     file, part = divmod(index, self._clips.clips_per_video)
 
     def read(i):
@@ -246,21 +246,21 @@ class VideoFolderSource:
 
     return self._first_readable(file, read)
 
-  def _first_readable(self, file: int, read) -> dict[str, np.ndarray]:
-    """The record of read(file), or of the next file that can be read."""
+  def _first_readable(self, file: int, read) -> tuple[int, dict]:
+    """(file, its record by read(file)), or those of the next file that can be read."""
     for step in range(len(self._paths)):
       i = (file + step) % len(self._paths)
       path = self._paths[i]
       if path in self._unreadable:
         continue
       try:
-        record = _record(read(i))
+        record = video_record(read(i))
       except VideoReadError as e:
         self._skip(path, e.reason)
         continue
       if self.cond_kind is not None:
         record['cond'] = self.condition(i)
-      return record
+      return i, record
     self._none_readable()
 
   def _skip(self, path: str, reason: str) -> None:
@@ -339,8 +339,9 @@ def make_source(spec: DataSpec):
   """The source of spec.dataset_path, with the conditions spec.condition asks for.
 
   None -> SyntheticDigitsSource (seed spec.seed); a path ending in .npy ->
-  MovingMnistSource (unconditional only); a folder -> VideoFolderSource. The
-  file sources give clip references that record_ops' ReadClip reads.
+  MovingMnistSource (unconditional only); a folder of `video-diffusion prepare`
+  shards -> PackedSource; another folder -> VideoFolderSource. The file
+  sources give clip references that record_ops' ReadClip reads.
   """
   c, kind = spec.condition, spec.condition.kind
   frames, size, _, channels = spec.video_shape
@@ -358,8 +359,13 @@ def make_source(spec: DataSpec):
   path = os.path.expanduser(spec.dataset_path)
   accepted = (
     'trainer.dataset_path must be a .npy array in Moving MNIST layout, a folder of '
-    f'videos ({", ".join(VIDEO_EXTENSIONS)}), or null for synthetic moving digits'
+    f'videos ({", ".join(VIDEO_EXTENSIONS)}), a folder made by video-diffusion prepare, '
+    'or null for synthetic moving digits'
   )
+  if is_packed(path):
+    return PackedSource(
+      path, spec.video_shape, cond=kind, num_classes=c.num_classes, cond_dim=c.cond_dim
+    )
   if os.path.isdir(path):
     return VideoFolderSource(
       path,
