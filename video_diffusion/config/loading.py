@@ -195,6 +195,18 @@ def _check_together(cfg: Config, where: str) -> Config:
       f'{where}: trainer.fps ({t.fps}) and trainer.frame_stride ({t.frame_stride}) both set '
       'how clips skip frames; keep one of them (frame_stride: 1, or fps: null)'
     )
+  if bool(t.image_fraction) != bool(t.image_dataset_path):
+    raise ConfigError(
+      f'{where}: image-video co-training needs both trainer.image_dataset_path '
+      f'({t.image_dataset_path!r}) and trainer.image_fraction > 0 ({t.image_fraction}); '
+      'set both, or neither'
+    )
+  if t.image_fraction and d.backbone == 'dit' and cfg.dit.temporal_patch_size > 1:
+    raise ConfigError(
+      f'{where}: dit.temporal_patch_size {cfg.dit.temporal_patch_size} mixes neighbouring '
+      'frames in a patch, so the independent images of co-training would mix: set '
+      'dit.temporal_patch_size: 1 or trainer.image_fraction: 0'
+    )
   eval_sampler = t.eval_sampler or default_sampler(d.is_flow, fast=True)
   misfit = sampler_misfit(eval_sampler, d.is_flow)
   if misfit:

@@ -241,6 +241,17 @@ class TrainerConfig:
     _positive,
   )
   random_flip: bool = _key(False, 'Flip half of the training clips left to right.')
+  image_dataset_path: str | None = _key(
+    None,
+    'Still images for image-video co-training: a folder of images (.png, .jpg, ...) or of '
+    'one-frame clips made by video-diffusion prepare --num-frames 1; null = none.',
+  )
+  image_fraction: float = _key(
+    0.0,
+    'Fraction of each batch that is stacks of num_frames independent images from '
+    'image_dataset_path, trained without temporal attention and condition; 0 = videos only.',
+    _rule(lambda v: 0 <= v < 1, 'in [0, 1)'),
+  )
   train_batch_size: int = _key(32, 'Videos per optimiser micro-batch.', _positive)
   train_lr: float = _key(1e-4, 'Adam learning rate.', _positive)
   train_num_steps: int = _key(100000, 'Optimiser steps to train for.', _positive)

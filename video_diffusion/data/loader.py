@@ -13,6 +13,7 @@ import grain
 from absl import flags
 
 from video_diffusion.data.clips import ReadClip
+from video_diffusion.data.cotrain import DrawImageSeed, ImageStacks, image_items, make_image_source
 from video_diffusion.data.errors import DataError
 from video_diffusion.data.preprocess import Preprocess
 from video_diffusion.data.sources import make_source
@@ -45,7 +46,8 @@ def make_loader(
   `process_count` reads a disjoint shard. seed defaults to spec.seed,
   worker_count (grain worker processes, 0 = in this process) to spec.workers,
   `source` to make_source(spec). Batches hold 'cond' when the spec's
-  condition has a kind (see data.conditions).
+  condition has a kind (see data.conditions), and 'image' (bool (b,), the
+  image stacks) with image-video co-training (see data.cotrain).
   """
   total = spec.batch_size
   seed = spec.seed if seed is None else seed
@@ -81,9 +83,13 @@ def make_loader(
     len(source), shard_options=shard, shuffle=True, num_epochs=num_epochs, seed=seed
   )
   batch = total // process_count
-  operations = record_ops(spec, source) + [
-    grain.transforms.Batch(batch_size=batch, drop_remainder=True)
-  ]
+  operations, batch_fn = record_ops(spec, source), None
+  if spec.image_fraction:  # image-video co-training
+    operations.append(DrawImageSeed())
+    batch_fn = ImageStacks(make_image_source(spec), image_items(spec, batch), spec)
+  operations.append(
+    grain.transforms.Batch(batch_size=batch, drop_remainder=True, batch_fn=batch_fn)
+  )
   workers = spec.workers if worker_count is None else worker_count
   if workers and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker start reads an absl flag; use its default

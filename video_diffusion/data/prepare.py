@@ -1,5 +1,7 @@
 """`video-diffusion prepare`: cut a dataset's clips once and pack them into ArrayRecord shards.
 
+With one frame per clip, a folder of images is packed (image-video co-training).
+
 Clip k of the N clips (clips_per_video from each video or .npy sequence, as
 training cuts them, with the random window of seed [seed, k]) is
 preprocessed to the model's frames, size and channels and goes to shard
@@ -19,6 +21,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from video_diffusion.data.clips import ReadClip
 from video_diffusion.data.conditions import FolderConditions
+from video_diffusion.data.cotrain import make_image_source
 from video_diffusion.data.errors import DataError
 from video_diffusion.data.loader import record_ops
 from video_diffusion.data.shards import FORMAT, MANIFEST, encode_clip, is_packed, shard_name
@@ -89,7 +92,10 @@ def prepare(source_path: str, out: str, spec: DataSpec, shards: int, *, progress
   if shards < 1:
     raise DataError(f'--shards must be >= 1, got {shards}')
   spec = dataclasses.replace(spec, dataset_path=source_path, random_flip=False)
-  source = make_source(dataclasses.replace(spec, condition=type(spec.condition)()))
+  if spec.video_shape[0] == 1 and os.path.isdir(source_path) and not is_packed(source_path):
+    source = make_image_source(dataclasses.replace(spec, image_dataset_path=source_path))
+  else:
+    source = make_source(dataclasses.replace(spec, condition=type(spec.condition)()))
   if not isinstance(source, (VideoFolderSource, MovingMnistSource)):
     raise DataError(f'{source_path}: prepare packs a folder of videos or a Moving MNIST .npy')
   settings = {

@@ -27,6 +27,7 @@ from video_diffusion.data.shards import PackedSource, is_packed
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.data.synthetic import moving_digits
 from video_diffusion.data.video_io import (
+  IMAGE_EXTENSIONS,
   VIDEO_EXTENSIONS,
   VideoInfo,
   VideoReadError,
@@ -146,16 +147,17 @@ class VideoFolderSource:
     cond_dim: int | None = None,
     path_as_cond: bool = False,
     clips: ClipSampling | None = None,
+    extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
   ):
     self._folder = os.fspath(folder)
     found = []
     for root, dirs, files in os.walk(self._folder):
       dirs.sort()
-      found += [os.path.join(root, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS)]
+      found += [os.path.join(root, f) for f in files if f.lower().endswith(extensions)]
     if not found:
+      what = 'image' if extensions == IMAGE_EXTENSIONS else 'video'
       raise DataError(
-        f'{self._folder}: no video files found (searched recursively for '
-        f'{", ".join(VIDEO_EXTENSIONS)})'
+        f'{self._folder}: no {what} files found (searched recursively for {", ".join(extensions)})'
       )
     self._paths = sorted(found, key=lambda p: os.path.relpath(p, self._folder))
     self._unreadable: dict[str, str] = {}  # path -> why it cannot be read

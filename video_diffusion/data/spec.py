@@ -17,6 +17,8 @@ class DataSpec:
   synthetic digits (drawn from `seed`). Clips take every frame_stride-th
   frame, or are resampled to `fps` (video files only); each video gives
   clips_per_video clips per epoch; random_flip mirrors half of them.
+  image_fraction of each batch are stacks of independent images from
+  image_dataset_path (image-video co-training).
   """
 
   dataset_path: str | None
@@ -30,6 +32,8 @@ class DataSpec:
   fps: float | None = None
   clips_per_video: int = 1
   random_flip: bool = False
+  image_dataset_path: str | None = None
+  image_fraction: float = 0.0
 
   @classmethod
   def from_config(cls, cfg) -> DataSpec:
@@ -47,4 +51,6 @@ class DataSpec:
       fps=t.fps,
       clips_per_video=t.clips_per_video,
       random_flip=t.random_flip,
+      image_dataset_path=t.image_dataset_path or None,
+      image_fraction=t.image_fraction,
     )

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 __all__ = [
+  'IMAGE_EXTENSIONS',
   'VIDEO_EXTENSIONS',
   'VideoInfo',
   'VideoReadError',
@@ -28,6 +29,8 @@ __all__ = [
 ]
 
 VIDEO_EXTENSIONS = ('.gif', '.mp4', '.webm', '.avi', '.mov', '.mkv')
+# Still images, read as one-frame videos (image-video co-training).
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp')
 
 
 class VideoReadError(ValueError):
@@ -93,7 +96,7 @@ def _decode(path: str | os.PathLike, read, *args):
   """read(path, ...) with every decoder failure turned into VideoReadError."""
   path = os.fspath(path)
   ext = os.path.splitext(path)[1].lower()
-  if ext not in VIDEO_EXTENSIONS:
+  if ext not in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
     raise VideoReadError(
       path, f'unknown extension {ext or "(none)"!r}; readable: {", ".join(VIDEO_EXTENSIONS)}'
     )
@@ -109,7 +112,15 @@ def _decode(path: str | os.PathLike, read, *args):
     raise VideoReadError(path, reason) from e
 
 
+def _image(path: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
+  with Image.open(path) as im:
+    return {0: np.asarray(im.convert('RGB'))}
+
+
 def _probe(path: str, ext: str) -> VideoInfo:
+  if ext in IMAGE_EXTENSIONS:
+    with Image.open(path):
+      return VideoInfo(1, 1.0)
   if ext == '.gif':
     with Image.open(path) as im:
       if im.format != 'GIF':
@@ -146,6 +157,8 @@ def _as_video(path: str, frames: list[np.ndarray]) -> np.ndarray:
 
 
 def _read(path: str, ext: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
+  if ext in IMAGE_EXTENSIONS:
+    return _image(path, wanted)
   return (_gif_frames if ext == '.gif' else _av_frames)(path, wanted)
 
 
@@ -153,9 +166,10 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
   """Every frame of a video file as uint8 (frames, height, width, channels).
 
   `.gif` is read with Pillow (palettes and frame disposal resolved), the other
-  VIDEO_EXTENSIONS with PyAV. channels is 1 when every pixel of every frame is
-  grey (R == G == B), else 3 (RGB). A missing, truncated or corrupt file, or
-  an unknown extension, raises VideoReadError.
+  VIDEO_EXTENSIONS with PyAV, an image (IMAGE_EXTENSIONS) as one frame.
+  channels is 1 when every pixel of every frame is grey (R == G == B), else 3.
+  A missing, truncated or corrupt file, or an unknown extension, raises
+  VideoReadError.
   """
   frames = _decode(path, _read, None)
   return _as_video(os.fspath(path), [frames[i] for i in sorted(frames)])

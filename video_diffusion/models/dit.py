@@ -257,8 +257,10 @@ class DiT(GuidedDenoiser):
     *,
     key: jax.Array | None = None,
     null_mask: jax.Array | None = None,
+    image_mask: jax.Array | None = None,
   ) -> jax.Array:
-    """The prediction (b, f, h, w, out_dim), float32, for x (b, f, h, w, c) at times (b,)."""
+    """The prediction (b, f, h, w, out_dim), float32, for x (b, f, h, w, c) at times (b,);
+    `image_mask` (b,) marks stacks of independent images, whose frames stay apart."""
     if self.has_cond and cond is None:
       raise ValueError('This DiT was built with a condition (classes, vectors or text): pass cond.')
     b, f, h, w, _ = x.shape
@@ -271,6 +273,10 @@ class DiT(GuidedDenoiser):
     focus_key, null_key = (None, None) if key is None else jax.random.split(key)
     if focus_present_mask is None and prob_focus_present:
       focus_present_mask = prob_mask(focus_key, b, prob_focus_present, 'prob_focus_present')
+    if image_mask is not None:
+      focus_present_mask = (
+        image_mask if focus_present_mask is None else focus_present_mask | image_mask
+      )
     if self.has_cond and null_mask is None:
       null_mask = prob_mask(null_key, b, null_cond_prob, 'null_cond_prob')
     frames, rows, cols = f // pt, h // p, w // p

@@ -220,11 +220,14 @@ class Unet3D(GuidedDenoiser):
     *,
     key: jax.Array | None = None,
     null_mask: jax.Array | None = None,
+    image_mask: jax.Array | None = None,
   ) -> jax.Array:
     """The network's output (b, f, h, w, out_dim), float32, for x (b, f, h, w, c)
     at integer times (b,): the noise, x0 or v, as the diffusion's objective says. `null_mask`
     (b,) bool replaces the condition by the null one where True (default: drawn
-    with null_cond_prob)."""
+    with null_cond_prob). `image_mask` (b,) bool marks stacks of independent
+    images (co-training): every temporal attention, the first one too (which
+    focus_present_mask leaves alone, as the reference), keeps their frames apart."""
     if self.has_cond and cond is None:
       raise ValueError('This Unet3D was built with cond_dim/use_bert_text_cond: pass cond.')
     batch = x.shape[0]
@@ -233,8 +236,14 @@ class Unet3D(GuidedDenoiser):
       focus_present_mask = prob_mask(focus_key, batch, prob_focus_present, 'prob_focus_present')
     pos_bias = self.time_rel_pos_bias(x.shape[1])
 
+    if image_mask is not None:
+      focus_present_mask = focus_present_mask | image_mask
+
     x = self.init_conv(x)
-    x = self.init_temporal_attn(x, pos_bias=pos_bias)
+    if image_mask is None:
+      x = self.init_temporal_attn(x, pos_bias=pos_bias)
+    else:
+      x = self.init_temporal_attn(x, pos_bias=pos_bias, focus_present_mask=image_mask)
     r = x
 
     t = sinusoidal_embedding(time, self.dim)

@@ -117,9 +117,11 @@ class _Run:
     tick = time.perf_counter()
     videos = sharding.global_batch(batch['video'], self.mesh)
     cond = None if cond is None else sharding.global_batch(cond, self.mesh)
-    self.state, metrics = self.train_step(self.state, videos, cond)
+    images = batch.get('image')  # image-video co-training
+    images = None if images is None else sharding.global_batch(images, self.mesh)
+    self.state, metrics = self.train_step(self.state, videos, cond, images)
     metrics = jax.device_get(metrics)
-    del batch, videos, cond  # grain's shared memory: not to be kept alive by an error below
+    del batch, videos, cond, images  # grain's shared memory: not kept alive by an error below
     metrics['step_time'] = time.perf_counter() - tick
     if not metrics['finite']:
       kept = (

@@ -136,16 +136,20 @@ def restore_or_init(
 
 def compile_train_step(cfg: Config, graphdef, constants, tx, schedule, state_shardings, mesh: Mesh):
   """The jitted train step over `mesh`, donating the state; a conditional model's
-  step also takes the condition batch."""
+  step also takes the condition batch, a co-training one the image flags."""
   has_cond = condition_kind(cfg) is not None
-  step_fn = train_step_lib.make_train_step(
-    graphdef, constants, tx, train_step_lib.StepOptions.from_config(cfg), schedule
-  )
+  options = train_step_lib.StepOptions.from_config(cfg)
+  step_fn = train_step_lib.make_train_step(graphdef, constants, tx, options, schedule)
   batch_sharding = sharding.batch_sharding(mesh)
   return jax.jit(
     step_fn,
     donate_argnums=0,
-    in_shardings=(state_shardings, batch_sharding, batch_sharding if has_cond else None),
+    in_shardings=(
+      state_shardings,
+      batch_sharding,
+      batch_sharding if has_cond else None,
+      batch_sharding if options.cotrain else None,
+    ),
     out_shardings=(state_shardings, sharding.replicated(mesh)),
   )
 

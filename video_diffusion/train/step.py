@@ -38,6 +38,7 @@ class StepOptions:
   cond_frames_prob_none: float = 0.2
   cond_frames_prob_interpolate: float = 0.3
   max_cond_frames: int = 1
+  cotrain: bool = False  # batches carry image stacks (trainer.image_fraction)
 
   @classmethod
   def from_config(cls, cfg: Config) -> StepOptions:
@@ -53,6 +54,7 @@ class StepOptions:
       cond_frames_prob_none=t.cond_frames_prob_none,
       cond_frames_prob_interpolate=t.cond_frames_prob_interpolate,
       max_cond_frames=t.max_cond_frames or default_cond_frames(d.num_frames),
+      cotrain=t.image_fraction > 0,
     )
 
 
@@ -132,6 +134,8 @@ def make_train_step(
     kwargs = {}
     if options.prob_focus_present:  # else the masked attention path is skipped
       kwargs['focus_present_mask'] = draws['focus']
+    if 'images' in draws:
+      kwargs['image_mask'] = draws['images']
     if cond is not None:
       kwargs['null_mask'] = draws['null']
     if options.frame_conditioning:
@@ -141,8 +145,15 @@ def make_train_step(
   grad_fn = jax.value_and_grad(micro_loss)
 
   def train_step(
-    state: TrainState, videos: jax.Array, cond: jax.Array | None = None
+    state: TrainState,
+    videos: jax.Array,
+    cond: jax.Array | None = None,
+    images: jax.Array | None = None,
   ) -> tuple[TrainState, dict]:
+    """One optimiser step on uint8 videos (b, f, h, w, c); `images` (bool (b,))
+    flags the stacks of independent images of co-training: their frames are
+    kept apart (the model's image_mask) and their condition is the null one,
+    with no given frames."""
     batch = videos.shape[0]
     if batch % options.accumulate:
       raise ValueError(
@@ -153,6 +164,10 @@ def make_train_step(
     draws = example_noise(
       jax.random.split(key, batch), videos.shape[1:], model.schedule.sample_times, options
     )
+    if images is not None:
+      draws['images'] = images
+      draws['null'] = draws['null'] | images
+      draws['frames'] = draws['frames'] & ~images[:, None]
 
     # A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
     # a while loop (lax.scan) about 5x slower.
