@@ -47,16 +47,23 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def run_train(args: argparse.Namespace) -> None:
+def _config(path: str, overrides: list[str]):
+  """The config of `path` with `overrides`, or exit with its error."""
   from video_diffusion.config import ConfigError, load_config
+
+  try:
+    return load_config(path, overrides)
+  except ConfigError as e:
+    _fail(str(e))
+
+
+def run_train(args: argparse.Namespace) -> None:
+  from video_diffusion.config import ConfigError
 
   overrides = list(args.overrides)
   if args.rng_seed is not None:
     overrides.append(f'trainer.seed={args.rng_seed}')
-  try:
-    cfg = load_config(args.config, overrides)
-  except ConfigError as e:
-    _fail(str(e))
+  cfg = _config(args.config, overrides)
   _use_allocator(args.malloc)
   _use_compilation_cache()
   from video_diffusion.data.errors import DataError
@@ -123,12 +130,9 @@ def run_sample(args: argparse.Namespace) -> None:
 def _load_checked(args: argparse.Namespace):
   """(cfg, checkpoint_dir, step) of sample/eval flags; exits when the config,
   folder or step is wrong or the config does not describe the checkpoint's model."""
-  from video_diffusion.config import ConfigError, load_config, resolved_checkpoint_dir
+  from video_diffusion.config import resolved_checkpoint_dir
 
-  try:
-    cfg = load_config(args.config, args.overrides)
-  except ConfigError as e:
-    _fail(str(e))
+  cfg = _config(args.config, args.overrides)
   checkpoint_dir = args.checkpoint_path or resolved_checkpoint_dir(cfg)
   if not os.path.isdir(checkpoint_dir):
     _fail(
@@ -272,8 +276,6 @@ def _sample_request(cfg, args: argparse.Namespace) -> dict:
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-  from video_diffusion.config import ConfigError, load_config
-
   overrides = [
     f'{key}={value}'
     for key, value in (
@@ -293,10 +295,7 @@ def run_prepare(args: argparse.Namespace) -> None:
       overrides.append(f'trainer.{key}=null')
   if args.channels is not None:
     overrides.append(f'unet.channels={args.channels}')
-  try:
-    cfg = load_config(args.config, overrides)
-  except ConfigError as e:
-    _fail(str(e))
+  cfg = _config(args.config, overrides)
   from video_diffusion.data.errors import DataError
   from video_diffusion.data.prepare import prepare
   from video_diffusion.data.spec import DataSpec

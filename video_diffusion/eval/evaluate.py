@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import sys
 import time
 
 import jax
@@ -108,9 +107,7 @@ class Generator:
       mesh=mesh or sampling_mesh(cfg),
     )
 
-  def __call__(
-    self, params, n: int, key: jax.Array, raw_cond=None, *, stream=sys.stderr
-  ) -> np.ndarray:
+  def __call__(self, params, n: int, key: jax.Array, raw_cond=None, *, stream=None) -> np.ndarray:
     out = []
     with ProgressBar(n, stream=stream, unit='video', label='sampling') as bar:
       for i, start in enumerate(range(0, n, self.batch_size)):

@@ -12,7 +12,6 @@ computed in float64 with a symmetric (eigendecomposition) matrix square root.
 from __future__ import annotations
 
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +54,7 @@ class FeatureExtractor:
     self.batch_size, self._state = batch_size, state
     self._features = jax.jit(lambda state, videos: nnx.merge(graphdef, state)(i3d_input(videos)))
 
-  def __call__(self, videos: np.ndarray, *, label: str = '', stream=sys.stderr) -> np.ndarray:
+  def __call__(self, videos: np.ndarray, *, label: str = '', stream=None) -> np.ndarray:
     videos = np.asarray(videos)
     if videos.ndim != 5:
       raise ValueError(

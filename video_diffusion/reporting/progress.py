@@ -40,7 +40,7 @@ class ProgressBar:
     self,
     total: int,
     initial: int = 0,
-    stream=sys.stderr,
+    stream=None,
     min_interval: float = 0.5,
     *,
     width: int = 20,
@@ -48,11 +48,12 @@ class ProgressBar:
     unit: str = 'step',
     label: str = '',
   ):
-    self.total, self.step, self.stream = int(total), int(initial), stream
+    # sys.stderr when the bar is made, not when this module was imported (tests swap it)
+    self.total, self.step, self.stream = int(total), int(initial), stream or sys.stderr
     self.unit, self.label = unit, label
     self.min_interval, self.width, self._clock = min_interval, width, clock
     try:
-      self._tty = bool(stream.isatty())
+      self._tty = bool(self.stream.isatty())
     except (AttributeError, ValueError):
       self._tty = False
     self.metrics = {}
