@@ -16,11 +16,12 @@ from video_diffusion.data.shards import PackedSource
 
 @pytest.fixture
 def videos(tmp_path):
-  """Two class folders of counting videos, with a caption beside each."""
+  """Two class folders of counting videos, with a caption and a vector beside each."""
   for name, frames in [('cats/a.mp4', 30), ('cats/b.mp4', 34), ('dogs/c.mp4', 40)]:
     (tmp_path / 'src' / name).parent.mkdir(parents=True, exist_ok=True)
     write_counting_video(tmp_path / 'src' / name, frames)
     (tmp_path / 'src' / name).with_suffix('.txt').write_text(f'a clip called {name}')
+    np.save((tmp_path / 'src' / name).with_suffix('.npy'), np.array([frames, 0.5, -1], np.float32))
   return tmp_path / 'src'
 
 
@@ -37,7 +38,7 @@ def test_prepare_packs_the_clips_training_would_cut(tmp_path, videos):
   spec = make_cfg(videos, frames=4, size=16, trainer={'frame_stride': 2, 'clips_per_video': 2})
   manifest = prepare_lib.prepare(str(videos), str(tmp_path / 'out'), spec, 2)
   assert manifest['clips'] == 6 and manifest['video_shape'] == [4, 16, 16, 1]
-  assert manifest['conditions'] == {'class': ['cats', 'dogs'], 'text': True}
+  assert manifest['conditions'] == {'class': ['cats', 'dogs'], 'text': True, 'vector': 3}
   assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [
     'clips-00000-of-00002.array_record',
     'clips-00001-of-00002.array_record',
@@ -60,6 +61,8 @@ def test_prepare_packs_the_clips_training_would_cut(tmp_path, videos):
     make_cfg(tmp_path / 'out', frames=4, size=16, unet={'use_bert_text_cond': True})
   )
   assert str(texts[4]['cond']) == 'a clip called dogs/c.mp4'
+  vectors = sources.make_source(make_cfg(tmp_path / 'out', frames=4, size=16, unet={'cond_dim': 3}))
+  np.testing.assert_array_equal(vectors[2]['cond'], np.array([34, 0.5, -1], np.float32))
   batch = take(data_loader.make_loader(make_cfg(tmp_path / 'out', frames=4, size=16), seed=0), 1)
   assert batch[0]['video'].shape == (4, 4, 16, 16, 1)
 
@@ -68,8 +71,8 @@ def test_a_mismatched_or_missing_condition_is_refused(tmp_path, videos):
   prepare_lib.prepare(str(videos), str(tmp_path / 'out'), make_cfg(videos), 1)
   with pytest.raises(DataError, match=r'holds clips of 4 frames of 16x16 with 1 channels but the'):
     sources.make_source(make_cfg(tmp_path / 'out', frames=6))
-  with pytest.raises(DataError, match='holds no vector conditions'):
-    sources.make_source(make_cfg(tmp_path / 'out', unet={'cond_dim': 3}))
+  with pytest.raises(DataError, match='condition vectors of 3 values but unet.cond_dim is 5'):
+    sources.make_source(make_cfg(tmp_path / 'out', unet={'cond_dim': 5}))
 
 
 def test_an_interrupted_prepare_continues_without_redoing_finished_shards(tmp_path, monkeypatch):
@@ -101,6 +104,8 @@ def test_an_interrupted_prepare_continues_without_redoing_finished_shards(tmp_pa
   packed = sources.make_source(make_cfg(tmp_path / 'out', frames=3, size=8))
   first_pixels = sorted(int(packed[i]['video'][0, 0, 0, 0]) // 10 for i in range(12))
   assert first_pixels == list(range(12))  # every sequence once
+  with pytest.raises(DataError, match=r'holds no class conditions \(it has: none\)'):
+    sources.make_source(make_cfg(tmp_path / 'out', frames=3, size=8, unet={'num_classes': 3}))
   with pytest.raises(DataError, match='already holds packed clips'):
     prepare_lib.prepare(str(npy), out, spec, 4)
 
