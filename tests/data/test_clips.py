@@ -11,7 +11,7 @@ from video_diffusion.config import ConfigError, config_from_dict
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data import sources, video_io
 from video_diffusion.data.clips import ClipSampling
-from video_diffusion.data.errors import DataError, ShortVideoWarning
+from video_diffusion.data.errors import DataError, ShortVideoWarning, UnreadableVideoWarning
 from video_diffusion.data.preprocess import Preprocess
 
 STEP = 4  # grey level per frame index of the counting videos
@@ -170,3 +170,19 @@ def test_clip_settings_are_checked():
   with pytest.raises(DataError, match='synthetic digits .* leave them at 1, null and 1'):
     sources.make_source(make_cfg(trainer={'clips_per_video': 2}))
   take(data_loader.make_loader(make_cfg(trainer={'random_flip': True}), seed=0), 1)
+
+
+def test_a_file_with_an_unreadable_header_is_skipped_in_worker_processes_too(tmp_path):
+  write_counting_video(tmp_path / 'a.mp4', 20)
+  (tmp_path / 'b.mp4').write_text('not a video')
+  spec = make_cfg(tmp_path, frames=4, batch=2, accumulate=1)
+  with pytest.warns(UnreadableVideoWarning, match='b.mp4'):
+    in_process = take(data_loader.make_loader(spec, seed=0, worker_count=0), 2)
+  with pytest.warns(UnreadableVideoWarning, match='b.mp4'):  # once, when the source is made
+    loader = data_loader.make_loader(spec, seed=0, worker_count=1)
+  iterator = iter(loader)
+  try:
+    for a, b in zip(in_process, [next(iterator) for _ in range(2)]):
+      np.testing.assert_array_equal(a['video'], b['video'])
+  finally:
+    data_loader.close_iterator(iterator)

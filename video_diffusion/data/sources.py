@@ -242,8 +242,6 @@ class VideoFolderSource:
 
     def read(i):
       info = self._infos[i]
-      if info is None:
-        raise VideoReadError(self._paths[i], self._unreadable[self._paths[i]])
       return read_frames(self._paths[i], self._clips.indices(info.frames, info.fps, rng, part))
 
     return self._first_readable(file, read)
@@ -253,8 +251,8 @@ class VideoFolderSource:
     for step in range(len(self._paths)):
       i = (file + step) % len(self._paths)
       path = self._paths[i]
-      if path in self._unreadable:
-        continue
+      if path in self._unreadable or (self._infos and self._infos[i] is None):
+        continue  # warned of when found (its header: when the source was made)
       try:
         record = video_record(read(i))
       except VideoReadError as e:
