@@ -11,6 +11,7 @@ only (runs in grain worker processes).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import grain
@@ -18,7 +19,7 @@ import numpy as np
 
 from video_diffusion.data.clips import ClipSampling
 from video_diffusion.data.errors import DataError
-from video_diffusion.data.preprocess import Preprocess
+from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.shards import PackedSource, is_packed
 from video_diffusion.data.sources import VideoFolderSource
 from video_diffusion.data.spec import DataSpec
@@ -69,7 +70,7 @@ class ImageStacks:
   def __init__(self, images, count: int, spec: DataSpec):
     frames, size, _, channels = spec.video_shape
     self.images, self.count, self.frames = images, count, frames
-    self.preprocess = Preprocess(1, size, channels, random_flip=spec.random_flip)
+    self.ops = record_ops(dataclasses.replace(spec, video_shape=(1, size, size, channels)), images)
 
   def stack(self, seed: int) -> np.ndarray:
     """num_frames independent images (frames, size, size, channels) drawn by `seed`."""
@@ -77,9 +78,9 @@ class ImageStacks:
     frames = []
     for index in rng.integers(0, len(self.images), self.frames):
       record = self.images[int(index)]
-      if 'clip' in record:  # a folder of image files
-        record = self.images.read_clip(int(index), rng)
-      frames.append(self.preprocess.random_map(record, rng)['video'][0])
+      for op in self.ops:
+        record = op.random_map(record, rng)
+      frames.append(record['video'][0])
     return np.stack(frames)
 
   def __call__(self, values: list[dict]) -> dict:

@@ -12,21 +12,13 @@ import json
 import grain
 from absl import flags
 
-from video_diffusion.data.clips import ReadClip
 from video_diffusion.data.cotrain import DrawImageSeed, ImageStacks, image_items, make_image_source
 from video_diffusion.data.errors import DataError
-from video_diffusion.data.preprocess import Preprocess
+from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
 
-__all__ = [
-  'EpochReport',
-  'close_iterator',
-  'iterator_state',
-  'make_loader',
-  'record_ops',
-  'restore_iterator',
-]
+__all__ = ['EpochReport', 'close_iterator', 'iterator_state', 'make_loader', 'restore_iterator']
 
 
 def make_loader(
@@ -126,14 +118,6 @@ class EpochReport:
       f'warning: epoch {step // self.steps} (to step {step}): {self.short_clips} of its '
       f'{self.clips} clips came from videos shorter than a clip and repeat their last frame'
     )
-
-
-def record_ops(spec: DataSpec, source) -> list:
-  """The per-record operations from a source's record to the model's clip: the
-  clip read (file sources) and Preprocess; each takes a random generator."""
-  frames, size, _, channels = spec.video_shape
-  read = [ReadClip(source)] if getattr(source, 'clips', None) is not None else []
-  return read + [Preprocess(frames, size, channels, random_flip=spec.random_flip)]
 
 
 def iterator_state(iterator) -> dict:

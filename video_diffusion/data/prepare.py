@@ -23,7 +23,7 @@ from video_diffusion.data.clips import ReadClip
 from video_diffusion.data.conditions import FolderConditions
 from video_diffusion.data.cotrain import make_image_source
 from video_diffusion.data.errors import DataError
-from video_diffusion.data.loader import record_ops
+from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.shards import FORMAT, MANIFEST, encode_clip, is_packed, shard_name
 from video_diffusion.data.sources import MovingMnistSource, VideoFolderSource, make_source
 from video_diffusion.data.spec import DataSpec

@@ -9,7 +9,9 @@ import grain
 import numpy as np
 from PIL import Image
 
+from video_diffusion.data.clips import ReadClip
 from video_diffusion.data.errors import DataError
+from video_diffusion.data.spec import DataSpec
 
 
 class Preprocess(grain.transforms.RandomMap):
@@ -58,3 +60,11 @@ class Preprocess(grain.transforms.RandomMap):
     image = Image.fromarray(frame[..., 0] if grey else frame, 'L' if grey else 'RGB')
     out = np.asarray(image.resize((self.image_size,) * 2, Image.Resampling.BILINEAR, box=box))
     return out[..., None] if grey else out
+
+
+def record_ops(spec: DataSpec, source) -> list:
+  """The per-record operations from a source's record to the model's clip: the
+  clip read (file sources) and Preprocess; each takes a random generator."""
+  frames, size, _, channels = spec.video_shape
+  read = [ReadClip(source)] if getattr(source, 'clips', None) is not None else []
+  return read + [Preprocess(frames, size, channels, random_flip=spec.random_flip)]

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from video_diffusion.conditions import encoding as conditioning
-from video_diffusion.data.loader import record_ops
+from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.sources import SyntheticDigitsSource, make_source
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.diffusion.samplers import get_sampler
