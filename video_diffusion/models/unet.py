@@ -240,10 +240,7 @@ class Unet3D(GuidedDenoiser):
       focus_present_mask = focus_present_mask | image_mask
 
     x = self.init_conv(x)
-    if image_mask is None:
-      x = self.init_temporal_attn(x, pos_bias=pos_bias)
-    else:
-      x = self.init_temporal_attn(x, pos_bias=pos_bias, focus_present_mask=image_mask)
+    x = self.init_temporal_attn(x, pos_bias=pos_bias, focus_present_mask=image_mask)
     r = x
 
     t = sinusoidal_embedding(time, self.dim)
