@@ -53,10 +53,22 @@ class VideoInfo:
 _GIF_FRAME_MS = 100  # what browsers show a GIF frame that sets no duration for
 
 
+def _open_gif(path: str) -> Image.Image:
+  im = Image.open(path)
+  if im.format != 'GIF':
+    im.close()
+    raise VideoReadError(path, f'not a GIF file (Pillow reads it as {im.format})')
+  return im
+
+
+def _video_stream(container, path: str):
+  if not container.streams.video:
+    raise VideoReadError(path, 'the file has no video stream')
+  return container.streams.video[0]
+
+
 def _gif_frames(path: str, wanted: set[int] | None) -> dict[int, np.ndarray]:
-  with Image.open(path) as im:
-    if im.format != 'GIF':
-      raise VideoReadError(path, f'not a GIF file (Pillow reads it as {im.format})')
+  with _open_gif(path) as im:
     last = max(wanted) if wanted else None
     frames = {}
     for index, frame in enumerate(ImageSequence.Iterator(im)):  # disposal needs every frame
@@ -71,9 +83,7 @@ def _av_frames(path: str, wanted: set[int] | None, seek: bool = True) -> dict[in
   """{index: frame}; with `wanted`, decoding starts at the keyframe before its
   first index (found from the stream's timestamps) and stops after its last."""
   with av.open(path) as container:
-    if not container.streams.video:
-      raise VideoReadError(path, 'the file has no video stream')
-    stream = container.streams.video[0]
+    stream = _video_stream(container, path)
     rate, base, start = stream.average_rate, stream.time_base, stream.start_time or 0
     first, last = (min(wanted), max(wanted)) if wanted else (0, None)
     seek = seek and first > 0 and bool(rate) and base is not None
@@ -122,14 +132,10 @@ def _probe(path: str, ext: str) -> VideoInfo:
     with Image.open(path):
       return VideoInfo(1, 1.0)
   if ext == '.gif':
-    with Image.open(path) as im:
-      if im.format != 'GIF':
-        raise VideoReadError(path, f'not a GIF file (Pillow reads it as {im.format})')
+    with _open_gif(path) as im:
       return VideoInfo(im.n_frames, 1000 / (im.info.get('duration') or _GIF_FRAME_MS))
   with av.open(path) as container:
-    if not container.streams.video:
-      raise VideoReadError(path, 'the file has no video stream')
-    stream = container.streams.video[0]
+    stream = _video_stream(container, path)
     fps = float(stream.average_rate or stream.guessed_rate or 0)
     frames = stream.frames
     if not frames and fps:  # containers without a frame count (webm, mkv): from the duration
