@@ -9,7 +9,8 @@ or configs/demo_unet3d.yaml, the Unet3D with v and min-SNR; synthetic moving
 digits) with at most its objective changed. One after the other, each trains with train.py in a
 subprocess for --minutes of wall-clock time from its start (compilation
 included), checkpointing every --checkpoint-every steps, and is then stopped by
-Ctrl-C (SIGINT), which checkpoints the step in flight. Afterwards, in this
+SIGTERM (as a scheduler preempts a run: the step in flight finishes and is
+checkpointed). Afterwards, in this
 process (so I3D and the real videos' features are computed once):
 
 - the FVD curve: the EMA weights of --points checkpoints spread over the
@@ -52,7 +53,7 @@ BATCH = 32
 
 
 def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
-  """Runs train.py on the variant's config for `minutes`, then SIGINT."""
+  """Runs train.py on the variant's config for `minutes`, then SIGTERM."""
   from video_diffusion.config import dump_config, load_config
 
   folder = out / name
@@ -79,7 +80,7 @@ def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
     proc.wait(timeout=minutes * 60)
     raise RuntimeError(f'{name}: train.py ended before the budget (status {proc.returncode})')
   except subprocess.TimeoutExpired:
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=600)
 
 
@@ -145,9 +146,6 @@ def main() -> None:
   cache = out / 'real_features'
   cache.mkdir(parents=True, exist_ok=True)
   os.environ.setdefault('PYTHONUNBUFFERED', '1')
-  # A shell started in the background ignores SIGINT, and so would train.py: a
-  # handler here makes exec give the child the default one back.
-  signal.signal(signal.SIGINT, signal.default_int_handler)
 
   import jax
   import numpy as np

@@ -1,6 +1,6 @@
 """Preemption end to end: train.py stopped by SIGTERM at chosen and random moments
-(starting up, between steps, during a checkpoint save) and restarted with
---resume_step -1 each time ends with exactly the weights of an uninterrupted run."""
+(starting up, between steps, during a checkpoint save) or by Ctrl-C, and restarted
+with --resume_step -1 each time, ends with exactly the weights of an uninterrupted run."""
 
 import random
 import signal
@@ -16,7 +16,7 @@ from test_training import TINY, assert_same_state, tiny_config
 from video_diffusion.config import load_config
 from video_diffusion.reporting.run_log import read_metrics
 from video_diffusion.train import loop as trainer
-from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
+from video_diffusion.train.preemption import INTERRUPTED_EXIT_STATUS, PREEMPTED_EXIT_STATUS
 
 pytestmark = pytest.mark.slow  # subprocesses; left out of `make test-fast`
 
@@ -69,21 +69,27 @@ def test_sigterm_soak_ends_with_the_uninterrupted_weights(tmp_path):
     'during a save': lambda start: saving(results),
     'starting up': lambda start: time.sleep(pause) or True,
     'at a random step': lambda start: logged_steps(results) >= start + late,
+    'Ctrl-C': lambda start: logged_steps(results) >= start + early,
   }
   handled = []
   for moment, condition in moments.items():
+    signum = signal.SIGINT if moment == 'Ctrl-C' else signal.SIGTERM
+    status, word = {
+      signal.SIGTERM: (PREEMPTED_EXIT_STATUS, 'preempted:'),
+      signal.SIGINT: (INTERRUPTED_EXIT_STATUS, 'interrupted:'),
+    }[signum]
     begun = logged_steps(results)
     proc = start(config)
     if wait_for(proc, lambda condition=condition, begun=begun: condition(begun)):
-      proc.send_signal(signal.SIGTERM)
+      proc.send_signal(signum)
     _, err = proc.communicate(timeout=600)
-    assert proc.returncode in (PREEMPTED_EXIT_STATUS, -signal.SIGTERM, 0), (moment, err[-3000:])
+    assert proc.returncode in (status, -signum, 0), (moment, err[-3000:])
     assert 'Traceback' not in err, (moment, err[-3000:])
-    if proc.returncode == PREEMPTED_EXIT_STATUS:
-      message = [line for line in err.splitlines() if line.startswith('preempted:')]
+    if proc.returncode == status:
+      message = [line for line in err.splitlines() if line.startswith(word)]
       assert len(message) == 1 and 'continue with --resume_step -1' in message[0], err[-2000:]
       handled.append(moment)
-  assert {'between steps', 'during a save', 'at a random step'} <= set(handled), handled
+  assert {'between steps', 'during a save', 'at a random step', 'Ctrl-C'} <= set(handled), handled
   proc = start(config)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]

@@ -121,28 +121,36 @@ def test_training_on_packed_shards_resumes_bit_identically(tmp_path):
   assert_same_state(whole, split, 4)
 
 
-def test_sigterm_checkpoints_the_step_in_flight_and_resumes_exactly(
-  tmp_path, straight, monkeypatch
+@pytest.mark.parametrize(
+  'signals, stopped_at',
+  [((signal.SIGTERM,), 3), ((signal.SIGINT,), 3), ((signal.SIGINT, signal.SIGINT), 2)],
+  ids=['SIGTERM', 'Ctrl-C', 'Ctrl-C twice'],
+)
+def test_a_stop_signal_checkpoints_and_resumes_exactly(
+  tmp_path, straight, monkeypatch, signals, stopped_at
 ):
-  """A scheduler's SIGTERM during step 3 (no checkpoint due) lets the step finish,
-  checkpoints it and stops; resuming gives the uninterrupted run's step 4."""
+  """SIGTERM (a scheduler's) or Ctrl-C during step 3 (no checkpoint due) lets the
+  step finish, checkpoints it and stops; a second Ctrl-C stops at once, keeping
+  step 2. Resuming gives the uninterrupted run's step 4."""
   one_step = trainer._Run.train_one_step
 
-  def step_with_sigterm(run):
+  def step_with_signals(run):
     if run.step == 2:
-      os.kill(os.getpid(), signal.SIGTERM)  # arrives while step 3 is in flight
+      for signum in signals:  # arrive while step 3 is in flight
+        os.kill(os.getpid(), signum)
     return one_step(run)
 
-  monkeypatch.setattr(trainer._Run, 'train_one_step', step_with_sigterm)
-  before = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(trainer._Run, 'train_one_step', step_with_signals)
+  before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
   cfg = tiny_config(tmp_path)
-  with pytest.raises(trainer.Preempted, match=r'^SIGTERM: stopped at step 3, which is check'):
+  name = signal.Signals(signals[0]).name
+  with pytest.raises(trainer.Preempted, match=rf'^{name}: stopped at step {stopped_at}, which is'):
     trainer.train(cfg)
-  assert signal.getsignal(signal.SIGTERM) == before
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == before
   with Checkpointer(str(tmp_path / 'checkpoints'), read_only=True) as ckpt:
-    assert ckpt.steps() == [2, 3]
+    assert ckpt.steps() == [2, 3][: stopped_at - 1]
   monkeypatch.setattr(trainer._Run, 'train_one_step', one_step)
-  assert trainer.train(cfg, resume_step=-1).checkpoint_steps == [2, 3, 4]
+  assert trainer.train(cfg, resume_step=-1).checkpoint_steps == sorted({2, stopped_at, 4})
   assert_same_state(straight, cfg, 4)
 
 

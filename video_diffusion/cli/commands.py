@@ -70,7 +70,7 @@ def run_train(args: argparse.Namespace) -> None:
   from video_diffusion.parallel import distributed
   from video_diffusion.runtime import runtime_info
   from video_diffusion.train import loop as trainer
-  from video_diffusion.train.preemption import PREEMPTED_EXIT_STATUS
+  from video_diffusion.train.preemption import INTERRUPTED_EXIT_STATUS
 
   try:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -82,14 +82,11 @@ def run_train(args: argparse.Namespace) -> None:
   except (ConfigError, DataError, trainer.TrainingError) as e:
     _fail(str(e))
   except trainer.Preempted as e:
-    print(f'\npreempted: {e}', file=sys.stderr)
-    sys.exit(PREEMPTED_EXIT_STATUS)
+    print(f'\n{"interrupted" if e.reason == "SIGINT" else "preempted"}: {e}', file=sys.stderr)
+    sys.exit(e.exit_status)
   except KeyboardInterrupt:
-    print(
-      '\ninterrupted: the current step was checkpointed; continue with --resume_step -1',
-      file=sys.stderr,
-    )
-    sys.exit(130)
+    print('\ninterrupted before the first step', file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT_STATUS)
   loss = 'n/a' if result.loss is None else f'{result.loss:.4g}'
   print(
     f'trained to step {result.step} in {result.wall_s:.0f} s, last loss {loss}; '

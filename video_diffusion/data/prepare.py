@@ -45,7 +45,7 @@ def _conditions(source) -> dict[str, FolderConditions]:
       found[kind] = FolderConditions(source.folder, source.paths, kind)
     except DataError:
       continue  # not every video has one
-  if len(found['class'].class_names) < 2:
+  if 'class' in found and len(found['class'].class_names) < 2:
     del found['class']
   return found
 

@@ -108,7 +108,9 @@ def _decode(path: str | os.PathLike, read, *args):
   ext = os.path.splitext(path)[1].lower()
   if ext not in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
     raise VideoReadError(
-      path, f'unknown extension {ext or "(none)"!r}; readable: {", ".join(VIDEO_EXTENSIONS)}'
+      path,
+      f'unknown extension {ext or "(none)"!r}; readable: videos ({", ".join(VIDEO_EXTENSIONS)}) '
+      f'and images ({", ".join(IMAGE_EXTENSIONS)}, read as one frame)',
     )
   try:
     return read(path, ext, *args)

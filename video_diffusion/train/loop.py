@@ -192,8 +192,9 @@ def train(
 ) -> TrainResult:
   """Trains as `cfg` says. resume_step: None = trainer.resume_training_step;
   0 = start afresh; N = resume from checkpoint N; -1 = from the newest, or
-  afresh when the checkpoint folder is empty. SIGTERM (or Ctrl-C) checkpoints
-  the last finished step and raises Preempted (KeyboardInterrupt)."""
+  afresh when the checkpoint folder is empty. SIGTERM or Ctrl-C lets the step in
+  flight finish, checkpoints it and raises Preempted; a second Ctrl-C stops at
+  once, checkpoints the last finished step and raises Preempted too."""
   t = cfg.trainer
   resume_step = t.resume_training_step if resume_step is None else resume_step
   process_index = jax.process_index() if process_index is None else process_index
@@ -203,7 +204,7 @@ def train(
   logger = MetricsLogger(run.results_folder, tensorboard_dir=t.tensorboard_dir, enabled=run.is_main)
   bar = ProgressBar(t.train_num_steps, initial=run.step) if run.is_main else None
   loss, start_step, profiling = None, run.step, False
-  stops = StopSignals().install()  # SIGTERM: finish the step, checkpoint it, stop
+  stops = StopSignals().install()  # SIGTERM, Ctrl-C: finish the step, checkpoint it, stop
   try:
     while run.step < t.train_num_steps:
       metrics = run.train_one_step()
@@ -244,7 +245,7 @@ def train(
         raise Preempted(stops.received, run.step, run.ckpt_dir)
   except KeyboardInterrupt:
     run.save()
-    raise
+    raise Preempted('SIGINT', run.step, run.ckpt_dir) from None
   except CheckpointWriteError as e:
     raise TrainingError(str(e)) from None
   finally:
