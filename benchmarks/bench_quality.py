@@ -168,7 +168,7 @@ def main() -> None:
     ckpt_dir = pathlib.Path(resolved_checkpoint_dir(cfg))
     saved = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     last = saved[-1]
-    seconds.setdefault(last, args.minutes * 60)  # checkpointed by the interrupt, not logged
+    seconds.setdefault(last, args.minutes * 60)  # checkpointed at the stop, not logged
     targets = np.linspace(0, seconds[last], args.points + 1)[1:]
     chosen = sorted({min(saved, key=lambda s, t=t: abs(seconds.get(s, 0) - t)) for t in targets})
     curve = []

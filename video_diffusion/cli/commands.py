@@ -82,7 +82,7 @@ def run_train(args: argparse.Namespace) -> None:
   except (ConfigError, DataError, trainer.TrainingError) as e:
     _fail(str(e))
   except trainer.Preempted as e:
-    print(f'\n{"interrupted" if e.reason == "SIGINT" else "preempted"}: {e}', file=sys.stderr)
+    print(f'\n{e.kind}: {e}', file=sys.stderr)
     sys.exit(e.exit_status)
   except KeyboardInterrupt:
     print('\ninterrupted before the first step', file=sys.stderr)

@@ -20,20 +20,20 @@ import sys
 import threading
 
 PREEMPTED_EXIT_STATUS = 128 + signal.SIGTERM  # what a shell reports for a SIGTERM death
-
-
 INTERRUPTED_EXIT_STATUS = 128 + signal.SIGINT
 OTHER_PROCESS = 'a stop signal to another process'
 
 
 class Preempted(Exception):
   """The run stopped on a signal (`reason`: 'SIGTERM', 'SIGINT', or
-  OTHER_PROCESS) after checkpointing `step`; `exit_status` is what a shell
-  reports for a death by that signal."""
+  OTHER_PROCESS) after checkpointing `step`; `kind` is 'interrupted' (Ctrl-C)
+  or 'preempted', `exit_status` what a shell reports for a death by that signal."""
 
   def __init__(self, reason: str, step: int, checkpoint_dir: str):
     self.reason, self.step, self.checkpoint_dir = reason, step, checkpoint_dir
-    self.exit_status = INTERRUPTED_EXIT_STATUS if reason == 'SIGINT' else PREEMPTED_EXIT_STATUS
+    by_user = reason == 'SIGINT'
+    self.kind = 'interrupted' if by_user else 'preempted'
+    self.exit_status = INTERRUPTED_EXIT_STATUS if by_user else PREEMPTED_EXIT_STATUS
     super().__init__(
       f'{reason}: stopped at step {step}, which is checkpointed in {checkpoint_dir}; '
       'continue with --resume_step -1'
