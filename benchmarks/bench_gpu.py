@@ -1,6 +1,6 @@
 """GPU checks of the attention and bf16 train step (run on an NVIDIA GPU).
 
-  python benchmarks/bench_gpu.py [--smoke] [--output DIR] [--budget-s 420]
+  python benchmarks/bench_gpu.py [--smoke] [--output DIR] [--budget-s 420] [--variants A,B]
 
 1. Peak: a jitted 8192^3 bfloat16 matmul, the practical dense bf16 rate.
 2. Attention: jax.nn.dot_product_attention with implementation 'cudnn' and
@@ -127,12 +127,19 @@ def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> d
     cost = traced.lower(lowering_platforms=('cpu',)).cost_analysis()
     if not force_xla:
       dit.attention_implementation = choose
+    jax.clear_caches()  # else the compile below reuses the trace made with XLA's attention
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, videos).compile()
     compile_s = time.perf_counter() - t0
   finally:
     dit.attention_implementation = choose
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  attention = 'cudnn' if 'cudnn$fmha' in compiled.as_text() else 'xla'
+  memory = compiled.memory_analysis()  # this executable's, unlike the process-wide peak
+  memory_gb = None
+  if memory is not None:
+    held = memory.argument_size_in_bytes + memory.output_size_in_bytes
+    memory_gb = (held - memory.alias_size_in_bytes + memory.temp_size_in_bytes) / 1e9
   holder = {'state': state}
 
   def one():
@@ -144,11 +151,13 @@ def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> d
   return dict(
     params_m=n_params / 1e6,
     batch=batch,
+    attention=attention,
     compile_s=compile_s,
     step_s=step_s,
     flops=float(cost.get('flops', 0.0)) if cost else 0.0,
     loss=holder['loss'],
     peak_gb=stats.get('peak_bytes_in_use', 0) / 1e9,
+    step_memory_gb=memory_gb,
   )
 
 
@@ -176,6 +185,9 @@ def main() -> None:
   parser.add_argument('--budget-s', type=float, default=420.0, help='skip stages after this')
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--stages', default='attention,steps', help='of attention,steps')
+  parser.add_argument(
+    '--variants', default=None, help='train-step variants, comma-separated (default: all)'
+  )
   args = parser.parse_args()
   os.makedirs(args.output, exist_ok=True)
   start = time.perf_counter()
@@ -203,9 +215,13 @@ def main() -> None:
     results['attention'][name] = row = check_attention(shape, mask_shape, args.repeats)
     print(name, row, flush=True)
     save()
-  for name, (overrides, force_xla) in (
-    step_variants(args.smoke).items() if 'steps' in stages else ()
-  ):
+  variants = step_variants(args.smoke)
+  chosen = args.variants.split(',') if args.variants else list(variants)
+  unknown = sorted(set(chosen) - set(variants))
+  if unknown:
+    parser.error(f'unknown --variants {unknown}; choose from {", ".join(variants)}')
+  for name in chosen if 'steps' in stages else ():
+    overrides, force_xla = variants[name]
     if time.perf_counter() - start > args.budget_s:
       print(f'{name}: skipped (past --budget-s)', flush=True)
       continue
@@ -231,16 +247,18 @@ def main() -> None:
   rows = []
   for name, r in results['steps'].items():
     if 'error' in r:
-      rows.append([name, r['error'], '', '', '', '', ''])
+      rows.append([name, r['error']] + [''] * 7)
       continue
     flops = r['flops']
     mfu = flops / r['step_s'] / peak if flops else None
     rows.append(
-      [name, f'{r["params_m"]:.1f}', str(r['batch']), f'{r["step_s"] * 1e3:.1f}',
+      [name, r.get('attention', '?'), f'{r["params_m"]:.1f}', str(r['batch']),
+       f'{r["step_s"] * 1e3:.1f}',
        fmt(flops / 1e12 if flops else None, '.2f'), fmt(mfu and 100 * mfu, '.1f'),
-       f'{r["peak_gb"]:.1f}']
+       fmt(r.get('step_memory_gb'), '.1f'), f'{r["peak_gb"]:.1f}']
     )  # fmt: skip
-  head = ['train step (bf16)', 'params M', 'batch', 'ms/step', 'TFLOP/step', 'MFU %', 'peak GB']
+  head = ['train step (bf16)', 'attention', 'params M', 'batch', 'ms/step', 'TFLOP/step']
+  head += ['MFU %', 'step GB', 'process peak GB']
   print(f'\npeak {peak / 1e12:.0f} TFLOP/s (bf16 matmul)\n' + markdown(head, rows))
 
 

@@ -2,7 +2,7 @@
 
   python benchmarks/bench_quality.py [--minutes 20] [--variants unet_v,unet_flow,dit_flow,dit_v]
                                      [--num-videos 256] [--points 3] [--output results/quality]
-                                     [--eval-only]
+                                     [--seed 0] [--samplers heun-20,ddim-50] [--eval-only]
 
 Each variant is a demo config (configs/config.yaml, the DiT with flow matching,
 or configs/demo_unet3d.yaml, the Unet3D with v and min-SNR; synthetic moving
@@ -22,6 +22,11 @@ process (so I3D and the real videos' features are computed once):
 
 Prints a Markdown table (variant, steps done, s/step, params, FVD, sampler,
 real-vs-real) and writes it, the curve and every number to --output.
+
+--seed N (weights, data order and noise) trains into <variant>-seed<N> beside
+the seed-0 runs, sharing the real videos' features. --samplers keeps only the
+listed samplers of each variant (with one left, its 64-video trial is
+skipped), and --points 0 draws no curve: a repeat of the final figures alone.
 """
 
 from __future__ import annotations
@@ -52,11 +57,16 @@ CURVE_VIDEOS = 64  # the training-time FVD's default size (trainer.eval_num_vide
 BATCH = 32
 
 
-def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
+def run_name(name: str, seed: int) -> str:
+  """The folder of a variant's run under --output: the variant, with its seed unless 0."""
+  return name if seed == 0 else f'{name}-seed{seed}'
+
+
+def train_for(name: str, minutes: float, out: pathlib.Path, every: int, seed: int):
   """Runs train.py on the variant's config for `minutes`, then SIGTERM."""
   from video_diffusion.config import dump_config, load_config
 
-  folder = out / name
+  folder = out / run_name(name, seed)
   base, overrides, _ = VARIANTS[name]
   cfg = load_config(
     ROOT / 'configs' / base,
@@ -69,6 +79,8 @@ def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
       'trainer.save_and_sample_every=100000000',
       'trainer.tensorboard_dir=null',
       'trainer.resume_training_step=0',
+      f'trainer.seed={seed}',
+      f'unet.rngs_seed={seed}',
     ],
   )
   folder.mkdir(parents=True, exist_ok=False)
@@ -84,13 +96,13 @@ def train_for(name: str, minutes: float, out: pathlib.Path, every: int):
     proc.wait(timeout=600)
 
 
-def trained_run(name: str, out: pathlib.Path):
-  """(config, seconds from the start to each logged step, metrics records) of a trained variant."""
+def trained_run(folder: pathlib.Path):
+  """(config, seconds from the start to each logged step, metrics records) of a trained run."""
   from video_diffusion.config import load_config
 
-  config_path = out / name / 'config.yaml'
+  config_path = folder / 'config.yaml'
   started = config_path.stat().st_mtime
-  records = [json.loads(line) for line in (out / name / 'metrics.jsonl').read_text().splitlines()]
+  records = [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
   return load_config(config_path), {r['step']: r['time'] - started for r in records}, records
 
 
@@ -134,6 +146,10 @@ def main() -> None:
   parser.add_argument('--points', type=int, default=3, help='checkpoints on the FVD curve')
   parser.add_argument('--checkpoint-every', type=int, default=25)
   parser.add_argument('--output', default=str(ROOT / 'results' / 'quality'))
+  parser.add_argument('--seed', type=int, default=0, help='of weights, data order and noise')
+  parser.add_argument(
+    '--samplers', default=None, help="keep only these of each variant's samplers, e.g. heun-20"
+  )
   parser.add_argument(
     '--eval-only', action='store_true', help='evaluate the runs already trained in --output'
   )
@@ -142,6 +158,13 @@ def main() -> None:
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
     parser.error(f'unknown variants {unknown}: use some of {", ".join(VARIANTS)}')
+  samplers_of = {name: VARIANTS[name][2] for name in names}
+  if args.samplers:
+    keep = args.samplers.split(',')
+    samplers_of = {n: [s for s in ss if f'{s[0]}-{s[1]}' in keep] for n, ss in samplers_of.items()}
+    empty = [n for n, ss in samplers_of.items() if not ss]
+    if empty:
+      parser.error(f'--samplers {args.samplers} leaves no sampler for {", ".join(empty)}')
   out = pathlib.Path(args.output).resolve()
   cache = out / 'real_features'
   cache.mkdir(parents=True, exist_ok=True)
@@ -158,18 +181,18 @@ def main() -> None:
   for name in names:
     if not args.eval_only:
       print(f'== {name}: training for {args.minutes} min', flush=True)
-      train_for(name, args.minutes, out, args.checkpoint_every)
-    runs[name] = trained_run(name, out)
+      train_for(name, args.minutes, out, args.checkpoint_every, args.seed)
+    runs[name] = trained_run(out / run_name(name, args.seed))
 
   rows, curves, results = [], {}, {}
   for name in names:
     cfg, seconds, records = runs[name]
-    samplers = VARIANTS[name][2]
+    samplers = samplers_of[name]
     ckpt_dir = pathlib.Path(resolved_checkpoint_dir(cfg))
     saved = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
     last = saved[-1]
     seconds.setdefault(last, args.minutes * 60)  # checkpointed at the stop, not logged
-    targets = np.linspace(0, seconds[last], args.points + 1)[1:]
+    targets = np.linspace(0, seconds[last], args.points + 1)[1:] if args.points else []
     chosen = sorted({min(saved, key=lambda s, t=t: abs(seconds.get(s, 0) - t)) for t in targets})
     curve = []
     for step in chosen:
@@ -177,10 +200,11 @@ def main() -> None:
       curve.append((seconds[step] / 60, r['fvd']))
       print(f'{name} step {step} ({seconds[step] / 60:.1f} min): FVD {r["fvd"]:.1f}', flush=True)
     curves[name] = ([m for m, _ in curve], [f for _, f in curve])
-    trials = {
-      f'{s}-{n}': evaluate(cfg, last, s, n, CURVE_VIDEOS, cache)['fvd'] for s, n in samplers
+    trials = {  # with one sampler there is nothing to choose
+      f'{s}-{n}': evaluate(cfg, last, s, n, CURVE_VIDEOS, cache)['fvd'] if samplers[1:] else None
+      for s, n in samplers
     }
-    best = min(trials, key=trials.get)
+    best = min(trials, key=lambda k: trials[k] or 0.0)
     sampler, steps = best.split('-')
     final = evaluate(cfg, last, sampler, int(steps), args.num_videos, cache)
     step_times = [r['step_time'] for r in records if 'step_time' in r][1:]  # not the compile
@@ -188,6 +212,7 @@ def main() -> None:
       int(np.prod(p.shape)) for p in jax.tree.leaves(split_diffusion(cfg, abstract=True)[1])
     )
     results[name] = dict(
+      seed=args.seed,
       steps=last,
       s_per_step=float(np.median(step_times)),
       params=params,
@@ -200,7 +225,8 @@ def main() -> None:
       overrides=VARIANTS[name][1],
     )
     rows.append(
-      f'| {name} | {last} | {np.median(step_times):.2f} | {params / 1e6:.2f}M | '
+      f'| {run_name(name, args.seed)} | {last} | {np.median(step_times):.2f} | '
+      f'{params / 1e6:.2f}M | '
       f'{final["fvd"]:.1f} | {best} | {final["fvd_real_vs_real"]:.1f} |'
     )
 
@@ -215,8 +241,11 @@ def main() -> None:
     ]
   )
   print(table)
-  (out / 'table.md').write_text(table + '\n')
-  (out / 'results.json').write_text(json.dumps(results, indent=2))
+  suffix = '' if args.seed == 0 else f'-seed{args.seed}'
+  (out / f'table{suffix}.md').write_text(table + '\n')
+  (out / f'results{suffix}.json').write_text(json.dumps(results, indent=2))
+  if not args.points:
+    return
   plot_series(
     curves,
     out / 'fvd_vs_minutes.png',
