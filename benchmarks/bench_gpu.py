@@ -13,8 +13,9 @@
    config_v2_3.yaml and of a DiT of the same parameter count (DiT-B: width
    768, depth 12, 12 heads, patch 2), flow objective, with its attention by
    cuDNN (what `attend` picks on a GPU) and forced to XLA: step time, FLOPs
-   (XLA's cost analysis of the step lowered for the CPU with XLA's attention,
-   since cuDNN calls count none), MFU against the peak of 1.
+   (XLA's cost analysis of the step, counted by the CPU backend in a child
+   process, since a GPU's counts no cuDNN call or convolution), MFU against
+   the peak of 1, the attention the compiled step contains, its memory.
 
 Writes results.json under --output after each stage and prints Markdown tables.
 --smoke runs tiny shapes (any backend) to check the script itself.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -100,40 +102,64 @@ def check_attention(shape, mask_shape, repeats: int) -> dict:
   return row
 
 
-def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> dict:
-  """Step time, params and XLA FLOPs of the project's bf16 train step of config_v2_3."""
+def _step_setup(overrides: list[str], abstract: bool):
+  """(config, params count, train state, videos, train step) of config_v2_3 with overrides;
+  with abstract, the state and videos are shapes only."""
   from video_diffusion.config import load_config
   from video_diffusion.diffusion.factory import split_diffusion
-  from video_diffusion.models import dit
   from video_diffusion.train.optimizer import make_optimizer
   from video_diffusion.train.state import init_train_state
   from video_diffusion.train.step import StepOptions, make_train_step
 
   cfg = load_config(os.path.join(ROOT, 'configs', 'config_v2_3.yaml'), overrides)
-  graphdef, params, constants = split_diffusion(cfg)
+  graphdef, params, constants = split_diffusion(cfg, abstract=abstract)
   tx = make_optimizer(cfg.trainer)
-  state = init_train_state(params, tx, seed=0)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  init = lambda p: init_train_state(p, tx, seed=0)
+  state = jax.eval_shape(init, params) if abstract else init(params)
   t, d = cfg.trainer, cfg.diffusion
-  batch = t.train_batch_size * t.gradient_accumulate_every
-  shape = (batch, d.num_frames, d.image_size, d.image_size, d.channels)
-  videos = jax.random.randint(jax.random.key(2), shape, 0, 256).astype(jnp.uint8)
+  shape = (t.train_batch_size * t.gradient_accumulate_every, d.num_frames, d.image_size)
+  shape += (d.image_size, d.channels)
+  if abstract:
+    videos = jax.ShapeDtypeStruct(shape, jnp.uint8)
+  else:
+    videos = jax.random.randint(jax.random.key(2), shape, 0, 256).astype(jnp.uint8)
   step = make_train_step(graphdef, constants, tx, StepOptions.from_config(cfg))
+  return cfg, sum(x.size for x in jax.tree.leaves(params)), state, videos, step
 
+
+def step_flops(overrides: list[str]) -> float:
+  """XLA's FLOP count of the train step, counted by the CPU backend in a child process:
+  the count is the same on every backend, but a GPU's cost analysis counts neither
+  convolutions nor cuDNN or cuBLAS calls (jax 0.11.2 on an H200 gave none)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  argv = [sys.executable, os.path.abspath(__file__), '--flops-of', json.dumps(overrides)]
+  done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+  if done.returncode:
+    raise RuntimeError(f'counting FLOPs failed: {done.stderr.strip()[-300:]}')
+  return float(done.stdout.strip().splitlines()[-1])
+
+
+def print_flops_of(overrides: list[str]) -> None:
+  *_, state, videos, step = _step_setup(overrides, abstract=True)
+  cost = jax.jit(step).trace(state, videos).lower().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  print(float(cost.get('flops', 0.0)) if cost else 0.0)
+
+
+def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> dict:
+  """Step time, params and XLA FLOPs of the project's bf16 train step of config_v2_3."""
+  from video_diffusion.models import dit
+
+  cfg, n_params, state, videos, step = _step_setup(overrides, abstract=False)
   choose = dit.attention_implementation
-  try:  # FLOPs of the step with XLA's attention (a cuDNN call counts none), uncompiled
-    dit.attention_implementation = lambda q, k: 'xla'
-    traced = jax.jit(step).trace(state, videos)  # lowered for the CPU: a GPU's counts no convs
-    cost = traced.lower(lowering_platforms=('cpu',)).cost_analysis()
-    if not force_xla:
-      dit.attention_implementation = choose
-    jax.clear_caches()  # else the compile below reuses the trace made with XLA's attention
+  try:
+    if force_xla:
+      dit.attention_implementation = lambda q, k: 'xla'
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=0).lower(state, videos).compile()
     compile_s = time.perf_counter() - t0
   finally:
     dit.attention_implementation = choose
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   attention = 'cudnn' if 'cudnn$fmha' in compiled.as_text() else 'xla'
   memory = compiled.memory_analysis()  # this executable's, unlike the process-wide peak
   memory_gb = None
@@ -150,11 +176,11 @@ def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> d
   stats = jax.devices()[0].memory_stats() or {}
   return dict(
     params_m=n_params / 1e6,
-    batch=batch,
+    batch=videos.shape[0],
     attention=attention,
     compile_s=compile_s,
     step_s=step_s,
-    flops=float(cost.get('flops', 0.0)) if cost else 0.0,
+    flops=step_flops(overrides),
     loss=holder['loss'],
     peak_gb=stats.get('peak_bytes_in_use', 0) / 1e9,
     step_memory_gb=memory_gb,
@@ -185,10 +211,13 @@ def main() -> None:
   parser.add_argument('--budget-s', type=float, default=420.0, help='skip stages after this')
   parser.add_argument('--repeats', type=int, default=10)
   parser.add_argument('--stages', default='attention,steps', help='of attention,steps')
+  parser.add_argument('--flops-of', help=argparse.SUPPRESS)  # JSON overrides: print FLOPs
   parser.add_argument(
     '--variants', default=None, help='train-step variants, comma-separated (default: all)'
   )
   args = parser.parse_args()
+  if args.flops_of is not None:
+    return print_flops_of(json.loads(args.flops_of))
   os.makedirs(args.output, exist_ok=True)
   start = time.perf_counter()
   device = jax.devices()[0]
