@@ -4,9 +4,10 @@
                                      [--num-videos 256] [--points 3] [--output results/quality]
                                      [--seed 0] [--samplers heun-20,ddim-50] [--eval-only]
 
-Each variant is a demo config (configs/config.yaml, the DiT with flow matching,
-or configs/demo_unet3d.yaml, the Unet3D with v and min-SNR; synthetic moving
-digits) with at most its objective changed. One after the other, each trains with train.py in a
+Each variant is a demo config (configs/demo_unet3d.yaml, the Unet3D with v and
+min-SNR, or configs/demo_dit.yaml, the DiT with flow matching; synthetic moving
+digits) with at most its objective changed; unet_flow is the demo,
+configs/config.yaml. One after the other, each trains with train.py in a
 subprocess for --minutes of wall-clock time from its start (compilation
 included), checkpointing every --checkpoint-every steps, and is then stopped by
 SIGTERM (as a scheduler preempts a run: the step in flight finishes and is
@@ -45,13 +46,14 @@ FLOW = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
 FLOW += ['diffusion.time_sampling=logit_normal']
 V = ['diffusion.objective=v', 'diffusion.loss_weighting=min_snr', 'diffusion.time_sampling=uniform']
 # name -> (config in configs/, its overrides, samplers tried as (name, steps)); the
-# first sampler draws the curve. config.yaml is the demo (DiT, flow); demo_unet3d.yaml
-# the demo before it (Unet3D, v, min-SNR); both train the same data, batch, lr and EMA.
+# first sampler draws the curve. demo_unet3d.yaml is the Unet3D with v and min-SNR,
+# demo_dit.yaml the DiT with flow; both train the same data, batch, lr and EMA. The demo,
+# config.yaml, is unet_flow (tests/config/test_config.py holds them equal).
 VARIANTS = {
   'unet_v': ('demo_unet3d.yaml', [], [('dpmpp', 20), ('ddim', 50)]),
   'unet_flow': ('demo_unet3d.yaml', FLOW, [('euler', 50), ('heun', 20)]),
-  'dit_flow': ('config.yaml', [], [('euler', 50), ('heun', 20)]),
-  'dit_v': ('config.yaml', V, [('dpmpp', 20), ('ddim', 50)]),
+  'dit_flow': ('demo_dit.yaml', [], [('euler', 50), ('heun', 20)]),
+  'dit_v': ('demo_dit.yaml', V, [('dpmpp', 20), ('ddim', 50)]),
 }
 CURVE_VIDEOS = 64  # the training-time FVD's default size (trainer.eval_num_videos)
 BATCH = 32

@@ -97,23 +97,47 @@ def test_moving_mnist_64_is_the_v2_2_model():
 
 
 def test_demo_config_values():
-  """The demo is the DiT with flow matching of bench_quality.py's dit_flow variant."""
+  """The demo is the small Unet3D with flow matching (bench_quality.py's unet_flow)."""
   cfg = load_config(CONFIGS / 'config.yaml')
-  u, d, t, x = cfg.unet, cfg.diffusion, cfg.trainer, cfg.dit
+  u, d, t = cfg.unet, cfg.diffusion, cfg.trainer
+  assert (u.dim, u.dim_mults, u.attn_heads, u.attn_dim_head) == (16, (1, 2, 4), 4, 16)
   assert u.channels == 1 and not u.use_bert_text_cond and u.cond_dim is None
+  assert not u.use_sparse_linear_attn
   assert (d.backbone, d.objective, d.time_sampling, d.loss_weighting) == (
-    'dit',
+    'unet3d',
     'flow',
     'logit_normal',
     'none',
   )
-  assert (x.patch_size, x.temporal_patch_size, x.width, x.depth, x.heads) == (4, 1, 128, 8, 4)
-  assert (x.attention, x.positions) == ('factorised', 'rope3d')
   assert (d.image_size, d.num_frames, d.channels, d.timesteps, d.loss_type) == (32, 8, 1, 250, 'l2')
   assert t.dataset_path is None and t.train_lr == 5e-4 and t.train_num_steps == 1500
   assert (t.train_batch_size, t.gradient_accumulate_every, t.num_sample_rows) == (8, 1, 3)
   assert (t.checkpoint_every_steps, t.max_to_keep, t.save_and_sample_every) == (100, 3, 1500)
   assert t.results_folder == './results/demo' and t.eval_sampler == 'euler'
+
+
+def _run_independent(cfg):
+  """The config with the keys that only say where a run writes and how long it is."""
+  t = dataclasses.replace(
+    cfg.trainer, results_folder='', tensorboard_dir='', train_num_steps=0, save_and_sample_every=0
+  )
+  return dataclasses.replace(cfg, trainer=t)
+
+
+def test_demo_is_the_unet3d_demo_with_flow_matching():
+  """The demo trains what bench_quality.py measured as unet_flow: the Unet3D demo
+  config with only its objective changed, and the DiT demo the same data and trainer."""
+  demo = load_config(CONFIGS / 'config.yaml')
+  flow = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
+  unet_flow = load_config(
+    CONFIGS / 'demo_unet3d.yaml', flow + ['diffusion.time_sampling=logit_normal']
+  )
+  assert _run_independent(demo) == _run_independent(unet_flow)
+  dit = load_config(CONFIGS / 'demo_dit.yaml')
+  assert dit.diffusion.backbone == 'dit' and dit.diffusion.objective == 'flow'
+  assert (dit.dit.patch_size, dit.dit.width, dit.dit.depth, dit.dit.heads) == (4, 128, 8, 4)
+  assert _run_independent(dit).trainer == _run_independent(demo).trainer
+  assert dit.trainer.results_folder == './results/demo-dit'
 
 
 def test_defaults_follow_the_reference_trainer():
@@ -385,7 +409,7 @@ def test_config_error_is_value_error():
 def test_round_trip_and_checkpoint_dir(tmp_path):
   cfg = load_config(CONFIGS / 'config.yaml')
   data = config_to_dict(cfg)
-  assert data['dit']['patch_size'] == 4 and data['diffusion']['backbone'] == 'dit'
+  assert data['unet']['dim_mults'] == [1, 2, 4] and data['diffusion']['objective'] == 'flow'
   dump_config(cfg, tmp_path / 'resolved.yaml')
   assert load_config(tmp_path / 'resolved.yaml') == cfg
   assert resolved_checkpoint_dir(cfg) == os.path.abspath('results/demo/checkpoints')
