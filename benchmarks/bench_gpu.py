@@ -103,7 +103,7 @@ def check_attention(shape, mask_shape, repeats: int) -> dict:
 
 
 def _step_setup(overrides: list[str], abstract: bool):
-  """(config, params count, train state, videos, train step) of config_v2_3 with overrides;
+  """(params count, train state, videos, train step) of config_v2_3 with overrides;
   with abstract, the state and videos are shapes only."""
   from video_diffusion.config import load_config
   from video_diffusion.diffusion.factory import split_diffusion
@@ -124,7 +124,7 @@ def _step_setup(overrides: list[str], abstract: bool):
   else:
     videos = jax.random.randint(jax.random.key(2), shape, 0, 256).astype(jnp.uint8)
   step = make_train_step(graphdef, constants, tx, StepOptions.from_config(cfg))
-  return cfg, sum(x.size for x in jax.tree.leaves(params)), state, videos, step
+  return sum(x.size for x in jax.tree.leaves(params)), state, videos, step
 
 
 def step_flops(overrides: list[str]) -> float:
@@ -140,7 +140,7 @@ def step_flops(overrides: list[str]) -> float:
 
 
 def print_flops_of(overrides: list[str]) -> None:
-  *_, state, videos, step = _step_setup(overrides, abstract=True)
+  _, state, videos, step = _step_setup(overrides, abstract=True)
   cost = jax.jit(step).trace(state, videos).lower().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   print(float(cost.get('flops', 0.0)) if cost else 0.0)
@@ -150,7 +150,7 @@ def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> d
   """Step time, params and XLA FLOPs of the project's bf16 train step of config_v2_3."""
   from video_diffusion.models import dit
 
-  cfg, n_params, state, videos, step = _step_setup(overrides, abstract=False)
+  n_params, state, videos, step = _step_setup(overrides, abstract=False)
   choose = dit.attention_implementation
   try:
     if force_xla:

@@ -202,11 +202,14 @@ def main() -> None:
       curve.append((seconds[step] / 60, r['fvd']))
       print(f'{name} step {step} ({seconds[step] / 60:.1f} min): FVD {r["fvd"]:.1f}', flush=True)
     curves[name] = ([m for m, _ in curve], [f for _, f in curve])
-    trials = {  # with one sampler there is nothing to choose
-      f'{s}-{n}': evaluate(cfg, last, s, n, CURVE_VIDEOS, cache)['fvd'] if samplers[1:] else None
-      for s, n in samplers
-    }
-    best = min(trials, key=lambda k: trials[k] or 0.0)
+    trials = (
+      {  # with one sampler there is nothing to choose
+        f'{s}-{n}': evaluate(cfg, last, s, n, CURVE_VIDEOS, cache)['fvd'] for s, n in samplers
+      }
+      if samplers[1:]
+      else {}
+    )
+    best = min(trials, key=trials.get) if trials else '-'.join(map(str, samplers[0]))
     sampler, steps = best.split('-')
     final = evaluate(cfg, last, sampler, int(steps), args.num_videos, cache)
     step_times = [r['step_time'] for r in records if 'step_time' in r][1:]  # not the compile
@@ -243,9 +246,8 @@ def main() -> None:
     ]
   )
   print(table)
-  suffix = '' if args.seed == 0 else f'-seed{args.seed}'
-  (out / f'table{suffix}.md').write_text(table + '\n')
-  (out / f'results{suffix}.json').write_text(json.dumps(results, indent=2))
+  (out / f'{run_name("table", args.seed)}.md').write_text(table + '\n')
+  (out / f'{run_name("results", args.seed)}.json').write_text(json.dumps(results, indent=2))
   if not args.points:
     return
   plot_series(
