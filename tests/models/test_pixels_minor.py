@@ -41,7 +41,8 @@ def test_rotate_frames_equals_the_rotary_embedding_along_frames():
 
 @pytest.mark.slow  # compile-heavy; left out of `make test-fast`
 @pytest.mark.parametrize('focus', [None, 'mixed'])
-def test_temporal_attention_layouts_agree_with_gradients(focus):
+@pytest.mark.parametrize('tile', [None, 3])  # None: the whole frame; 3: a loop over 3 tiles
+def test_temporal_attention_layouts_agree_with_gradients(focus, tile):
   layer = TemporalAttention(8, heads=2, dim_head=16, rngs=nnx.Rngs(0))
   torch_default_init(layer, 0)  # a layer alone holds shapes; Unet3D sets its own weights
   x = jax.random.normal(jax.random.key(2), (2, 4, 3, 3, 8))  # (b, f, h, w, c)
@@ -52,7 +53,7 @@ def test_temporal_attention_layouts_agree_with_gradients(focus):
   def loss(state, x, pos_bias, pixels_minor_path):
     model = nnx.merge(graphdef, state)
     if pixels_minor_path:
-      out = model._pixels_minor(x, pos_bias, mask)
+      out = model._pixels_minor(x, pos_bias, mask, tile)
     else:  # the batched-matmul form the layer uses when a frame has few pixels
       b, f, h, w, c = x.shape
       tokens = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b, h * w, f, c)
@@ -69,3 +70,13 @@ def test_temporal_attention_layouts_agree_with_gradients(focus):
   for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
   assert layer(x, pos_bias, mask).shape == x.shape
+
+
+def test_tiles_round_trip_and_hold_consecutive_pixels():
+  x = jnp.arange(2 * 3 * 8 * 5).reshape(2, 3, 8, 5)  # (b, f, pixels, c)
+  tiles = pixels_minor.to_tiles(x, 4)
+  assert tiles.shape == (4, 3, 5, 4)
+  np.testing.assert_array_equal(tiles[3, 1], x[1, 1, 4:8].T)  # video 1, second tile, frame 1
+  np.testing.assert_array_equal(pixels_minor.from_tiles(tiles, 2), x)
+  assert pixels_minor.pixel_tile(64 * 64) == pixels_minor.TILE_PIXELS
+  assert pixels_minor.pixel_tile(16 * 16) == 16 * 16

@@ -23,11 +23,37 @@ MAX_UNROLLED_FRAMES = 16
 # Below 16x16 pixels a frame gains little (8x8x64: 26 -> 19 ms forward and
 # backward) for the compile time of the unrolled program.
 MIN_PIXELS = 256
+# Frames of at least MIN_TILED_PIXELS pixels run in tiles of TILE_PIXELS pixels,
+# one tile at a time, so a tile's 256-wide q, k, v stay in cache instead of
+# streaming through memory once per pair of frames (docs/performance.md).
+MIN_TILED_PIXELS = 1024
+TILE_PIXELS = 128
 
 
 def to_pixels_minor(x: jax.Array) -> jax.Array:
   """(n, pixels, channels) -> (n, channels, pixels)."""
   return jnp.swapaxes(x, -1, -2)
+
+
+def pixel_tile(pixels: int) -> int:
+  """Pixels per tile of a frame of `pixels` pixels: TILE_PIXELS, or the whole frame."""
+  tiled = pixels >= MIN_TILED_PIXELS and pixels % TILE_PIXELS == 0
+  return TILE_PIXELS if tiled else pixels
+
+
+def to_tiles(x: jax.Array, tile: int) -> jax.Array:
+  """(b, f, pixels, c) -> (b * pixels // tile, f, c, tile): tiles of `tile`
+  consecutive pixels, pixels-minor, batch-major."""
+  b, f, p, c = x.shape
+  x = x.reshape(b, f, p // tile, tile, c)
+  return jnp.transpose(x, (0, 2, 1, 4, 3)).reshape(-1, f, c, tile)
+
+
+def from_tiles(x: jax.Array, batch: int) -> jax.Array:
+  """The inverse of to_tiles: (batch * n, f, c, tile) -> (batch, f, n * tile, c)."""
+  _, f, c, tile = x.shape
+  x = jnp.transpose(x.reshape(batch, -1, f, c, tile), (0, 2, 1, 4, 3))
+  return x.reshape(batch, f, -1, c)
 
 
 def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
