@@ -23,9 +23,11 @@ MAX_UNROLLED_FRAMES = 16
 # Below 16x16 pixels a frame gains little (8x8x64: 26 -> 19 ms forward and
 # backward) for the compile time of the unrolled program.
 MIN_PIXELS = 256
-# Frames of at least MIN_TILED_PIXELS pixels run in tiles of TILE_PIXELS pixels,
-# one tile at a time, so a tile's 256-wide q, k, v stay in cache instead of
-# streaming through memory once per pair of frames (docs/performance.md).
+# On the CPU, frames of at least MIN_TILED_PIXELS pixels run in tiles of
+# TILE_PIXELS pixels, one tile at a time, so a tile's 256-wide q, k, v stay in
+# cache instead of streaming through memory once per pair of frames
+# (docs/performance.md). Accelerators keep whole frames: a loop of small tiles
+# would run their kernels one small launch after another.
 MIN_TILED_PIXELS = 1024
 TILE_PIXELS = 128
 
@@ -37,7 +39,9 @@ def to_pixels_minor(x: jax.Array) -> jax.Array:
 
 def pixel_tile(pixels: int) -> int:
   """Pixels per tile of a frame of `pixels` pixels: TILE_PIXELS, or the whole frame."""
-  tiled = pixels >= MIN_TILED_PIXELS and pixels % TILE_PIXELS == 0
+  tiled = (
+    jax.default_backend() == 'cpu' and pixels >= MIN_TILED_PIXELS and pixels % TILE_PIXELS == 0
+  )
   return TILE_PIXELS if tiled else pixels
 
 
