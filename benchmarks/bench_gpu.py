@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_model import fmt, markdown, median_time  # noqa: E402
+from bench_model import fmt, markdown, median_time, model_flops  # noqa: E402
 
 DIT_B = ['dit.width=768', 'dit.depth=12', 'dit.heads=12', 'dit.patch_size=2']
 
@@ -141,9 +141,7 @@ def step_flops(overrides: list[str]) -> float:
 
 def print_flops_of(overrides: list[str]) -> None:
   _, state, videos, step = _step_setup(overrides, abstract=True)
-  cost = jax.jit(step).trace(state, videos).lower().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  print(float(cost.get('flops', 0.0)) if cost else 0.0)
+  print(model_flops(step, state, videos) or 0.0)
 
 
 def train_step_figures(overrides: list[str], force_xla: bool, repeats: int) -> dict:
