@@ -238,21 +238,31 @@ class SpatialLinearAttention(nnx.Module):
 
   @scoped('linear_attention')
   def __call__(self, x):
-    """Runs in the pixels-minor layout (see `pixels_minor`): queries, keys and
-    values (b * f, heads, dim_head, pixels), so both einsums are plain batched
-    matmuls and no wide array is transposed."""
+    """Runs in the pixels-minor layout (see `pixels_minor`), with the value and
+    output projections folded into each frame's small context matrix: values
+    and the 256-wide attention output are never formed (the same function up
+    to float rounding, with a third fewer FLOPs; docs/performance.md)."""
     b, f, h, w, c = x.shape
-    tokens = pixels_minor.to_pixels_minor(x.reshape(b * f, h * w, c))
+    dtype, heads = self.dtype, self.heads
+    tokens = pixels_minor.to_pixels_minor(x.reshape(b * f, h * w, c)).astype(dtype)
+    wq, wk, wv = jnp.split(self.to_qkv.kernel[...].astype(dtype), 3, axis=-1)
+    wo = self.to_out.kernel[...].astype(dtype)
     with jax.named_scope('qkv_projection'):
-      q, k, v = pixels_minor.project_qkv(self.to_qkv.kernel[...], tokens, self.dtype, self.heads)
+      q, k = (
+        pixels_minor.project(kernel, tokens, dtype).reshape(b * f, heads, -1, h * w)
+        for kernel in (wq, wk)
+      )
     softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)
-    q = (softmax(q, 2) * self.scale).astype(self.dtype)
-    k = softmax(k, 3).astype(self.dtype)
-    context = jnp.einsum('bhdn,bhen->bhde', k, v)
-    out = jnp.einsum('bhde,bhdn->bhen', context, q)
+    q = (softmax(q, 2) * self.scale).astype(dtype)
+    k = softmax(k, 3).astype(dtype)
+    # context[d, e] = sum_n k[d, n] v[e, n] with v = Wv x: keys times pixels first.
+    keyed_pixels = jnp.einsum('bhdn,bcn->bhdc', k, tokens)
+    context = jnp.einsum('bhdc,che->bhde', keyed_pixels, wv.reshape(c, heads, -1))
+    # to_out(context^T q) = (Wo context^T) q: one (c_out, heads * dim_head) matrix per frame.
+    mixing = jnp.einsum('bhde,heo->bohd', context, wo.reshape(heads, -1, wo.shape[-1]))
     with jax.named_scope('out_projection'):
-      out = pixels_minor.project(self.to_out.kernel[...], out.reshape(b * f, -1, h * w), self.dtype)
-      out = out + self.to_out.bias[...].astype(self.dtype)[:, None]
+      out = jnp.einsum('bohd,bhdn->bon', mixing, q)
+      out = out + self.to_out.bias[...].astype(dtype)[:, None]
     return pixels_minor.to_pixels_minor(out).reshape(b, f, h, w, c)
 
 
