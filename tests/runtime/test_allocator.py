@@ -29,6 +29,9 @@ def test_auto_takes_the_first_installed_in_order(monkeypatch, tmp_path):
   env = allocator.allocator_env('auto', {})
   assert env['LD_PRELOAD'] == str(tmp_path / 'libmimalloc.so.3')
   assert 'MALLOC_CONF' not in env
+  assert env['MIMALLOC_PURGE_DELAY'] == '-1'  # never purge: no page faults between steps
+  user_set = allocator.allocator_env('mimalloc', {'MIMALLOC_PURGE_DELAY': '10'})
+  assert user_set['MIMALLOC_PURGE_DELAY'] == '10'
 
 
 def test_the_set_up_installs_mimalloc_so_auto_preloads_it():

@@ -36,10 +36,16 @@ INSTALL = {
   'tcmalloc': 'apt-get install libgoogle-perftools4',
   'jemalloc': 'apt-get install libjemalloc2',
 }
-# Never give memory back to the OS between steps (the reference's fastest setting).
+# Never give freed memory back to the OS, so the next step reuses it without
+# page faults: jemalloc without decay (the reference's fastest setting) and
+# mimalloc without purging (docs/performance.md, "Allocators").
 JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'
+MIMALLOC_PURGE_DELAY = '-1'
 # Settings each allocator gets unless the user set them already.
-SETTINGS = {'jemalloc': {'MALLOC_CONF': JEMALLOC_CONF}}
+SETTINGS = {
+  'jemalloc': {'MALLOC_CONF': JEMALLOC_CONF},
+  'mimalloc': {'MIMALLOC_PURGE_DELAY': MIMALLOC_PURGE_DELAY},
+}
 
 
 def library_dirs() -> list[pathlib.Path]:
