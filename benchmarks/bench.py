@@ -33,6 +33,7 @@ import time
 import reference
 from bench_model import (
   CONFIGS,
+  REFERENCE,
   ROOT,
   WARMUPS,
   build_model,
@@ -51,6 +52,7 @@ from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
 from video_diffusion.runtime.allocator import (
   JEMALLOC_CONF,
+  MIMALLOC_PURGE_DELAY,
   active_allocator,
   allocator_env,
   resolve,
@@ -210,6 +212,7 @@ def speed_table(runs, names, args, peak: float | None) -> str:
     f'ours ({resolve(args.our_malloc)}) s',
     'GFLOP/s',
     '% of measured FP32 peak',
+    "% of peak at the original's FLOPs",
     'ours peak RSS (GB)',
   ]
   for m in args.reference_mallocs:
@@ -225,12 +228,17 @@ def speed_table(runs, names, args, peak: float | None) -> str:
       flops = ours[0].get('flops')
       gflops = flops / 1e9 / seconds if flops else None
       pct = 100 * gflops / peak if gflops and peak else None
+      # The same step counted as the original computes it (before our algebraic
+      # savings, e.g. the folded linear attention): model FLOPs utilisation.
+      model_flops = REFERENCE[name]['gflop'] * 1e9 if what == 'train' else None
+      model_pct = 100 * model_flops / 1e9 / seconds / peak if model_flops and peak else None
       cells = [
         name,
         'train step' if what == 'train' else f'denoiser call (batch {args.batch})',
         fmt(seconds, '.3f'),
         fmt(gflops, '.1f'),
         fmt(pct, '.1f'),
+        fmt(model_pct, '.1f'),
         peak_rss(ours),
       ]
       ref_rss = []
@@ -340,6 +348,9 @@ def main() -> None:
   )
   if any(r['malloc'] == 'jemalloc' for r in refs):
     print(f'jemalloc runs with MALLOC_CONF={os.environ.get("MALLOC_CONF", JEMALLOC_CONF)}')
+  if resolve(args.our_malloc) == 'mimalloc':
+    delay = os.environ.get('MIMALLOC_PURGE_DELAY', MIMALLOC_PURGE_DELAY)
+    print(f'ours runs with mimalloc, MIMALLOC_PURGE_DELAY={delay}')
   print()
   print(speed_table(runs, args.names, args, peak))
   if args.samplers:
