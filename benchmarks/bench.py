@@ -230,8 +230,8 @@ def speed_table(runs, names, args, peak: float | None) -> str:
       pct = 100 * gflops / peak if gflops and peak else None
       # The same step counted as the original computes it (before our algebraic
       # savings, e.g. the folded linear attention): model FLOPs utilisation.
-      model_flops = REFERENCE[name]['gflop'] * 1e9 if what == 'train' else None
-      model_pct = 100 * model_flops / 1e9 / seconds / peak if model_flops and peak else None
+      model_gflop = REFERENCE[name]['gflop'] if what == 'train' else None
+      model_pct = 100 * model_gflop / seconds / peak if model_gflop and peak else None
       cells = [
         name,
         'train step' if what == 'train' else f'denoiser call (batch {args.batch})',
