@@ -201,7 +201,7 @@ def ratio(ref_rows, our_rows, field: str = 'time_s') -> str:
 
 
 def peak_rss(rows) -> str:
-  return fmt(rows and max(r['rss_gb'] for r in rows), '.2f')
+  return fmt(max(r['rss_gb'] for r in rows) if rows else None, '.2f')
 
 
 def speed_table(runs, names, args, peak: float | None) -> str:
