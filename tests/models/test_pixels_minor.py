@@ -32,11 +32,20 @@ def test_frame_attention_values_and_gradients_match_the_plain_formula():
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=f'gradient of {name}')
 
 
-def test_rotate_frames_equals_the_rotary_embedding_along_frames():
-  x = jax.random.normal(jax.random.key(1), (2, 5, 3, 12, 4))  # (b, f, heads, dim_head, p)
+def test_rotary_matrices_and_rotated_kernels_equal_the_rotary_embedding_along_frames():
+  heads, dim_head, frames = 3, 12, 5
   inv_freq = rotary_frequencies(8)  # a partial rotary: 8 of 12 features
-  expected = jnp.moveaxis(apply_rotary(jnp.moveaxis(x, (1, 4), (3, 0)), inv_freq), (3, 0), (1, 4))
-  np.testing.assert_allclose(pixels_minor.rotate_frames(x, inv_freq), expected, atol=1e-6)
+  x = jax.random.normal(jax.random.key(1), (frames, heads, dim_head))
+  expected = jnp.swapaxes(apply_rotary(jnp.swapaxes(x, 0, 1), inv_freq), 0, 1)
+  rotations = pixels_minor.rotary_matrices(frames, dim_head, inv_freq)
+  np.testing.assert_allclose(jnp.einsum('fed,fhd->fhe', rotations, x), expected, atol=1e-6)
+  # Folded into a projection: rotate(x W) per frame == x (W rotated for that frame).
+  tokens = jax.random.normal(jax.random.key(2), (frames, 7))
+  kernel = jax.random.normal(jax.random.key(3), (7, heads * dim_head))
+  projected = (tokens @ kernel).reshape(frames, heads, dim_head)
+  expected = jnp.swapaxes(apply_rotary(jnp.swapaxes(projected, 0, 1), inv_freq), 0, 1)
+  folded = jnp.einsum('fc,fce->fe', tokens, pixels_minor.rotated_kernel(kernel, rotations, heads))
+  np.testing.assert_allclose(folded.reshape(expected.shape), expected, atol=1e-5)
 
 
 @pytest.mark.slow  # compile-heavy; left out of `make test-fast`

@@ -2,8 +2,9 @@
 
 Videos are channels-last (batch, frames, height, width, channels).
 With `dtype` bfloat16 the projections and attention matmuls run in bfloat16
-(float32 parameters cast at use); the rotary embedding, position bias and
-softmaxes run in float32.
+(float32 parameters cast at use); the rotary embedding (or, in the pixels-minor
+temporal attention, its folding into the query and key kernels), position bias
+and softmaxes run in float32.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class TemporalAttention(nnx.Module):
       if pos_bias is None
       else jnp.transpose(pos_bias, (1, 2, 0))[..., None]
     )
-    kernels = (self.attn.to_qkv.kernel[...], self.attn.to_out.kernel[...])
+    kernels = self._frame_kernels(f) + (self.attn.to_out.kernel[...],)
     if per_video == 1:
       out = self._attend_tiles(tiles, kernels, bias, mask)
     else:
@@ -175,20 +176,33 @@ class TemporalAttention(nnx.Module):
       out = jax.lax.map(jax.checkpoint(one_tile), (tiles, mask))
     return pixels_minor.from_tiles(out, b).reshape(b, f, h, w, c)
 
+  def _frame_kernels(self, frames: int) -> tuple:
+    """Per-frame query, key and value kernels (frames, c_in, heads * dim_head):
+    the query scale and each frame's rotary embedding folded into the query and
+    key kernels, so that the projections give rotated queries and keys (the
+    same function as rotating them, in one matmul, with nothing recomputed)."""
+    attn = self.attn
+    wq, wk, wv = jnp.split(attn.to_qkv.kernel[...], 3, axis=-1)
+    dim_head = wq.shape[-1] // attn.heads
+    rotations = pixels_minor.rotary_matrices(frames, dim_head, rotary_frequencies(attn.rotary_dim))
+    return (
+      pixels_minor.rotated_kernel(wq * attn.scale, rotations, attn.heads),
+      pixels_minor.rotated_kernel(wk, rotations, attn.heads),
+      jnp.broadcast_to(wv, (frames,) + wv.shape),
+    )
+
   def _attend_tiles(self, x, kernels, bias, focus_present_mask):
     """Attention across frames of tiles x (n, frames, channels, pixels) ->
-    the same shape; `kernels` are the to_qkv and to_out kernels."""
+    the same shape; `kernels` are the per-frame query, key and value kernels
+    of `_frame_kernels` and the to_out kernel."""
     n, f, c, p = x.shape
     attn, dtype = self.attn, self.attn.dtype
-    qkv_kernel, out_kernel = kernels
+    *frame_kernels, out_kernel = kernels
     with jax.named_scope('qkv_projection'):
       q, k, v = (
-        t.reshape((n, f) + t.shape[1:])
-        for t in pixels_minor.project_qkv(qkv_kernel, x.reshape(n * f, c, p), dtype, attn.heads)
+        pixels_minor.project_frames(kernel, x, dtype).reshape(n, f, attn.heads, -1, p)
+        for kernel in frame_kernels
       )
-    inv_freq = rotary_frequencies(attn.rotary_dim)
-    q = pixels_minor.rotate_frames(q * attn.scale, inv_freq)
-    k = pixels_minor.rotate_frames(k, inv_freq)
     out = pixels_minor.attend_frames(q, k, v, bias)
     if focus_present_mask is not None:
       out = jnp.where(focus_present_mask[:, None, None, None, None], v, out)

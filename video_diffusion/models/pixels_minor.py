@@ -68,29 +68,37 @@ def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   return jax.lax.dot_general(weights, x.astype(dtype), (((2,), (1,)), ((0,), (0,))))
 
 
-def project_qkv(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype, heads: int) -> tuple:
-  """Queries, keys and values (n, heads, dim_head, pixels) of x (n, c_in, pixels)
-  from a to_qkv kernel (c_in, 3 * heads * dim_head): one projection per third,
-  so no wide array is split (or, backward, concatenated)."""
-  return tuple(
-    project(part, x, dtype).reshape(x.shape[0], heads, -1, x.shape[-1])
-    for part in jnp.split(kernel, 3, axis=-1)
-  )
-
-
-def rotate_frames(x: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """The rotary embedding of the frame index on x (b, frames, heads, dim_head, pixels):
-  interleaved pairs of the first 2*len(inv_freq) features of dim_head, in float32."""
-  dtype, x = x.dtype, x.astype(jnp.float32)
+def rotary_matrices(frames: int, dim_head: int, inv_freq: np.ndarray) -> np.ndarray:
+  """The rotary embedding of each frame index as a matrix (frames, dim_head, dim_head):
+  rotated[e] = sum_d R[f, e, d] x[d] rotates interleaved pairs of the first
+  2*len(inv_freq) features by the frame's angles and keeps the rest."""
   rot_dim = 2 * inv_freq.shape[0]
-  angles = np.repeat(
-    np.arange(x.shape[1], dtype=np.float32)[:, None] * inv_freq[None, :], 2, axis=-1
-  )[None, :, None, :, None]  # (1, f, 1, rot_dim, 1)
-  head, tail = x[:, :, :, :rot_dim], x[:, :, :, rot_dim:]
-  pairs = head.reshape(head.shape[:3] + (rot_dim // 2, 2) + head.shape[-1:])
-  rotated_half = jnp.stack([-pairs[:, :, :, :, 1], pairs[:, :, :, :, 0]], axis=4)
-  head = head * jnp.cos(angles) + rotated_half.reshape(head.shape) * jnp.sin(angles)
-  return jnp.concatenate([head, tail], axis=3).astype(dtype)
+  angles = np.arange(frames, dtype=np.float32)[:, None] * inv_freq[None, :]  # (f, rot_dim // 2)
+  cos, sin = np.cos(angles), np.sin(angles)
+  rotations = np.tile(np.eye(dim_head, dtype=np.float32), (frames, 1, 1))
+  even = np.arange(0, rot_dim, 2)
+  rotations[:, even, even] = cos
+  rotations[:, even + 1, even + 1] = cos
+  rotations[:, even, even + 1] = -sin
+  rotations[:, even + 1, even] = sin
+  return rotations
+
+
+def rotated_kernel(kernel: jax.Array, rotations: np.ndarray, heads: int) -> jax.Array:
+  """Per-frame kernels (frames, c_in, heads * dim_head) of a Linear kernel (c_in,
+  heads * dim_head) followed by each frame's rotary matrix (frames, dim_head,
+  dim_head), in float32: the rotary embedding folded into the projection."""
+  c_in = kernel.shape[0]
+  per_head = kernel.astype(jnp.float32).reshape(c_in, heads, -1)
+  return jnp.einsum('chd,fed->fche', per_head, rotations).reshape(rotations.shape[0], c_in, -1)
+
+
+def project_frames(kernels: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x (n, frames, c_in, pixels) times per-frame kernels (frames, c_in, c_out)
+  -> (n, frames, c_out, pixels), as one batched matmul."""
+  per_frame = jnp.swapaxes(kernels, 1, 2).astype(dtype)  # (frames, c_out, c_in)
+  weights = jnp.broadcast_to(per_frame, x.shape[:1] + per_frame.shape)
+  return jax.lax.dot_general(weights, x.astype(dtype), (((3,), (2,)), ((0, 1), (0, 1))))
 
 
 def _scores(q, k):
@@ -143,7 +151,11 @@ def _attend_bwd(residuals, d_out):
   q, k, v, weights = residuals
   d_v = _mix(weights, d_out, over_first=True)
   d_weights = _scores(d_out, v)
-  d_scores = weights * (d_weights - jnp.sum(weights * d_weights, axis=2, keepdims=True))
+  # The row sum as an einsum, not jnp.sum(weights * d_weights, axis=2): XLA
+  # hands a multiply-and-reduce over a middle axis to YNNPACK, which runs it
+  # 20x slower than this dot (docs/performance.md).
+  row_sums = jnp.einsum('bijhp,bijhp->bihp', weights, d_weights)[:, :, None]
+  d_scores = weights * (d_weights - row_sums)
   d_q = _mix(d_scores, k, over_first=False).astype(q.dtype)
   d_k = _mix(d_scores, q, over_first=True).astype(k.dtype)
   d_bias = jnp.sum(d_scores, axis=(0, 4))[..., None]
