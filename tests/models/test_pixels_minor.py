@@ -32,6 +32,21 @@ def test_frame_attention_values_and_gradients_match_the_plain_formula():
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4, err_msg=f'gradient of {name}')
 
 
+@pytest.mark.parametrize(
+  'scores', [pixels_minor._scores_by_pair, pixels_minor._scores_by_query_frame]
+)  # the accelerators' form and the CPU's
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_both_forms_of_the_frame_pair_scores_equal_the_einsum_with_float32_results(scores, dtype):
+  q, k = (jax.random.normal(key, (2, 5, 3, 8, 6)) for key in jax.random.split(jax.random.key(4), 2))
+  q, k = q.astype(dtype), k.astype(dtype)
+  expected = jnp.einsum('bihdp,bjhdp->bijhp', q.astype(jnp.float32), k.astype(jnp.float32))
+  result = scores(q, k)
+  assert result.dtype == jnp.float32
+  # bfloat16: the pair form rounds each product to bfloat16 before its float32 sum.
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(result, expected, atol=tolerance, rtol=tolerance)
+
+
 def test_rotary_matrices_and_rotated_kernels_equal_the_rotary_embedding_along_frames():
   heads, dim_head, frames = 3, 12, 5
   inv_freq = rotary_frequencies(8)  # a partial rotary: 8 of 12 features
