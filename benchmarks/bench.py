@@ -52,7 +52,7 @@ from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
 from video_diffusion.runtime.allocator import (
   JEMALLOC_CONF,
-  MIMALLOC_PURGE_DELAY,
+  SETTINGS,
   active_allocator,
   allocator_env,
   resolve,
@@ -349,8 +349,8 @@ def main() -> None:
   if any(r['malloc'] == 'jemalloc' for r in refs):
     print(f'jemalloc runs with MALLOC_CONF={os.environ.get("MALLOC_CONF", JEMALLOC_CONF)}')
   if resolve(args.our_malloc) == 'mimalloc':
-    delay = os.environ.get('MIMALLOC_PURGE_DELAY', MIMALLOC_PURGE_DELAY)
-    print(f'ours runs with mimalloc, MIMALLOC_PURGE_DELAY={delay}')
+    settings = {key: os.environ.get(key, value) for key, value in SETTINGS['mimalloc'].items()}
+    print('ours runs with mimalloc, ' + ', '.join(f'{k}={v}' for k, v in settings.items()))
   print()
   print(speed_table(runs, args.names, args, peak))
   if args.samplers:

@@ -1,5 +1,10 @@
 """The fast-malloc preload and the start-up line."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from video_diffusion.runtime import allocator, runtime_info
@@ -40,6 +45,34 @@ def test_the_set_up_installs_mimalloc_so_auto_preloads_it():
   assert path is not None and 'cmeel.prefix' in path
   assert allocator.resolve('auto') == 'mimalloc'
   assert allocator.allocator_env('auto', {})['LD_PRELOAD'] == path
+
+
+REUSE_A_FREED_BLOCK = textwrap.dedent("""
+  import ctypes, resource
+  libc = ctypes.CDLL(None)  # malloc and free of the preloaded allocator
+  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  size, touched = 3 << 30, 64 << 20  # a block like XLA's step scratch, above 2 GiB
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, touched)
+  libc.free(block)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, touched)
+  print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+def test_mimalloc_keeps_a_freed_block_above_2_gib_for_the_next_step():
+  # Without MIMALLOC_ARENA_MAX_OBJECT_SIZE, mimalloc unmaps such a block on free
+  # and touching its next copy page-faults every page in again (32 huge pages here).
+  base = {k: v for k, v in os.environ.items() if not k.startswith('MIMALLOC_')}
+  env = allocator.allocator_env('mimalloc', base)
+  out = subprocess.run(
+    [sys.executable, '-c', REUSE_A_FREED_BLOCK], env=env, capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stderr
+  assert int(out.stdout) < 8, f'{out.stdout.strip()} page faults reusing a freed 3 GiB block'
 
 
 def test_unknown_allocator_is_an_error():

@@ -41,10 +41,18 @@ INSTALL = {
 # mimalloc without purging (docs/performance.md, "Allocators").
 JEMALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'
 MIMALLOC_PURGE_DELAY = '-1'
+# mimalloc maps a block above 2 GiB straight from the OS and unmaps it when
+# freed, purge delay or not; XLA's scratch for a step is one such block
+# (5.7 GB on seed_v2_2), so every step faulted it in again. Blocks up to
+# 16 GiB (mimalloc's largest arena object) come from its arenas instead.
+MIMALLOC_ARENA_MAX_OBJECT_SIZE = '16GiB'
 # Settings each allocator gets unless the user set them already.
 SETTINGS = {
   'jemalloc': {'MALLOC_CONF': JEMALLOC_CONF},
-  'mimalloc': {'MIMALLOC_PURGE_DELAY': MIMALLOC_PURGE_DELAY},
+  'mimalloc': {
+    'MIMALLOC_PURGE_DELAY': MIMALLOC_PURGE_DELAY,
+    'MIMALLOC_ARENA_MAX_OBJECT_SIZE': MIMALLOC_ARENA_MAX_OBJECT_SIZE,
+  },
 }
 
 
