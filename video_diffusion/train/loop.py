@@ -235,6 +235,7 @@ def train(
             logger.plot_path, os.path.join(os.path.dirname(grid), f'loss-{run.step}.png')
           )
       if profiling and run.step >= t.profile_flush_step:
+        run.ckpt.wait()  # no checkpoint thread still writing while the trace stops
         jax.profiler.stop_trace()
         profiling = False
       if t.profile_flush_step and run.step == start_step + 1 and run.step < t.profile_flush_step:
