@@ -50,13 +50,7 @@ from bench_model import (
 )
 from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
-from video_diffusion.runtime.allocator import (
-  JEMALLOC_CONF,
-  SETTINGS,
-  active_allocator,
-  allocator_env,
-  resolve,
-)
+from video_diffusion.runtime.allocator import SETTINGS, active_allocator, allocator_env, resolve
 
 REFERENCE_VENV_PYTHON = os.path.join(ROOT, '.venv-reference', 'bin', 'python')
 PEAK_SIZE = 4096
@@ -153,6 +147,12 @@ def child_command(python: str, side: str, name: str, what: str, args) -> list[st
     '--ddpm-steps-measured',
     str(args.ddpm_steps_measured),
   ]
+
+
+def allocator_settings(name: str) -> str:
+  """The settings the runs with allocator `name` get, as KEY=value, ..."""
+  env = allocator_env(name, child_env())
+  return ', '.join(f'{key}={env[key]}' for key in SETTINGS[name])
 
 
 def run_rounds(names, args, ref_python: str | None) -> dict[tuple, list[dict]]:
@@ -347,10 +347,9 @@ def main() -> None:
     f'reference / ours: median ratio, per-round range in brackets'
   )
   if any(r['malloc'] == 'jemalloc' for r in refs):
-    print(f'jemalloc runs with MALLOC_CONF={os.environ.get("MALLOC_CONF", JEMALLOC_CONF)}')
+    print(f'jemalloc runs with {allocator_settings("jemalloc")}')
   if resolve(args.our_malloc) == 'mimalloc':
-    settings = {key: os.environ.get(key, value) for key, value in SETTINGS['mimalloc'].items()}
-    print('ours runs with mimalloc, ' + ', '.join(f'{k}={v}' for k, v in settings.items()))
+    print(f'ours runs with mimalloc, {allocator_settings("mimalloc")}')
   print()
   print(speed_table(runs, args.names, args, peak))
   if args.samplers:
