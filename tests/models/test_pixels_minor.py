@@ -33,7 +33,7 @@ def test_frame_attention_values_and_gradients_match_the_plain_formula():
 
 
 @pytest.mark.parametrize(
-  'scores', [pixels_minor._scores_by_pair, pixels_minor._scores_by_query_frame]
+  'scores', [pixels_minor._scores_by_pair, pixels_minor._scores_by_feature]
 )  # the accelerators' form and the CPU's
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_both_forms_of_the_frame_pair_scores_equal_the_einsum_with_float32_results(scores, dtype):
@@ -45,6 +45,16 @@ def test_both_forms_of_the_frame_pair_scores_equal_the_einsum_with_float32_resul
   # bfloat16: the pair form rounds each product to bfloat16 before its float32 sum.
   tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
   np.testing.assert_allclose(result, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize('mix', [pixels_minor._mix_unrolled, pixels_minor._mix_by_frame])
+@pytest.mark.parametrize('over_first', [False, True])
+def test_both_forms_of_the_frame_mixing_equal_the_einsum(mix, over_first):
+  weights = jax.random.normal(jax.random.key(5), (2, 5, 5, 3, 6))  # (b, i, j, heads, pixels)
+  values = jax.random.normal(jax.random.key(6), (2, 5, 3, 8, 6))  # (b, frames, heads, d, pixels)
+  formula = 'bijhp,bihdp->bjhdp' if over_first else 'bijhp,bjhdp->bihdp'
+  expected = jnp.einsum(formula, weights, values)
+  np.testing.assert_allclose(mix(weights, values, over_first), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_rotary_matrices_and_rotated_kernels_equal_the_rotary_embedding_along_frames():

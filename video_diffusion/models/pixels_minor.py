@@ -104,7 +104,7 @@ def project_frames(kernels: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Ar
 
 def _scores(q, k):
   """(b, i, j, heads, pixels) float32: q_i . k_j over dim_head for every pair of frames."""
-  return _scores_by_query_frame(q, k) if jax.default_backend() == 'cpu' else _scores_by_pair(q, k)
+  return _scores_by_feature(q, k) if jax.default_backend() == 'cpu' else _scores_by_pair(q, k)
 
 
 def _scores_by_pair(q, k):
@@ -119,29 +119,54 @@ def _scores_by_pair(q, k):
   )
 
 
-def _scores_by_query_frame(q, k):
-  """_scores as one dot per query frame. On the CPU, XLA hands each pair's sum
-  over a middle axis to a YNNPACK reduce that runs at about 8 GFLOP/s; the dot
-  is 1.5x faster alone, the layer 9% (docs/performance.md)."""
-  return jnp.stack(
-    [
-      jnp.einsum('bhdp,bjhdp->bjhp', q[:, i], k, preferred_element_type=jnp.float32)
-      for i in range(q.shape[1])
-    ],
-    axis=1,
-  )
+def _scores_by_feature(q, k):
+  """_scores as a loop over dim_head whose body adds one feature's products for
+  all pairs of frames at once. On the CPU, XLA runs each pair's (or each query
+  frame's) sum as its own small fused loop or YNNPACK reduce, several times
+  slower than this (docs/performance.md)."""
+  n, f, heads, _, pixels = q.shape
+
+  def add_feature(e, scores):
+    q_e, k_e = (jax.lax.dynamic_index_in_dim(t, e, 3, False).astype(jnp.float32) for t in (q, k))
+    return scores + q_e[:, :, None] * k_e[:, None]
+
+  zeros = jnp.zeros((n, f, f, heads, pixels), jnp.float32)
+  return jax.lax.fori_loop(0, q.shape[3], add_feature, zeros, unroll=4)
 
 
 def _mix(weights, values, over_first: bool):
   """sum_j weights[:, i, j] * values[:, j] for each i (over_first=False), or
   sum_i weights[:, i, j] * values[:, i] for each j (True); values (b, f, h, d, p)."""
+  mix = _mix_by_frame if jax.default_backend() == 'cpu' else _mix_unrolled
+  return mix(weights, values, over_first)
+
+
+def _mix_unrolled(weights, values, over_first: bool):
+  """_mix as one unrolled sum of products per output frame."""
   f = values.shape[1]
-  dtype = values.dtype
   pick = (lambda a, b: weights[:, b, a]) if over_first else (lambda a, b: weights[:, a, b])
   return jnp.stack(
-    [sum(pick(a, b)[:, :, None].astype(dtype) * values[:, b] for b in range(f)) for a in range(f)],
+    [
+      sum(pick(a, b)[:, :, None].astype(values.dtype) * values[:, b] for b in range(f))
+      for a in range(f)
+    ],
     axis=1,
   )
+
+
+def _mix_by_frame(weights, values, over_first: bool):
+  """_mix as a loop over the summed frame whose body updates every output frame
+  at once. On the CPU, XLA's fusion emitter runs the unrolled per-frame sums
+  (small fused loops of ten products each) at 2-5 GFLOP/s, 3.4x slower than
+  this (docs/performance.md)."""
+  summed_axis = 1 if over_first else 2
+
+  def add_frame(b, out):
+    w = jax.lax.dynamic_index_in_dim(weights, b, summed_axis, False)  # (n, f, h, p)
+    v = jax.lax.dynamic_index_in_dim(values, b, 1, True)  # (n, 1, h, d, p)
+    return out + w[:, :, :, None].astype(values.dtype) * v
+
+  return jax.lax.fori_loop(0, values.shape[1], add_frame, jnp.zeros_like(values), unroll=2)
 
 
 def _attend_forward(q, k, v, bias):
