@@ -57,6 +57,25 @@ def test_both_forms_of_the_frame_mixing_equal_the_einsum(mix, over_first):
   np.testing.assert_allclose(mix(weights, values, over_first), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_frame_projection_values_and_gradients_equal_the_einsum(dtype):
+  keys = jax.random.split(jax.random.key(7), 3)
+  kernels = jax.random.normal(keys[0], (3, 4, 6))  # (frames, c_in, c_out)
+  x = jax.random.normal(keys[1], (2, 3, 4, 5))  # (n, frames, c_in, pixels)
+  cotangent = jax.random.normal(keys[2], (2, 3, 6, 5))
+
+  def einsum(kernels, x, dtype):
+    return jnp.einsum('fco,nfcp->nfop', kernels.astype(dtype), x.astype(dtype))
+
+  loss = lambda fn: lambda k, x: jnp.sum(fn(k, x, dtype).astype(jnp.float32) * cotangent)
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+  ours = jax.value_and_grad(loss(pixels_minor.project_frames), argnums=(0, 1))(kernels, x)
+  plain = jax.value_and_grad(loss(einsum), argnums=(0, 1))(kernels, x)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
+
+
 def test_rotary_matrices_and_rotated_kernels_equal_the_rotary_embedding_along_frames():
   heads, dim_head, frames = 3, 12, 5
   inv_freq = rotary_frequencies(8)  # a partial rotary: 8 of 12 features
