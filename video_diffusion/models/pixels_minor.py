@@ -32,7 +32,7 @@ MIN_PIXELS = 256
 # (docs/performance.md). Accelerators keep whole frames: a loop of small tiles
 # would run their kernels one small launch after another.
 MIN_TILED_PIXELS = 1024
-TILE_PIXELS = 128
+TILE_PIXELS = 256  # faster than 128 or 512 on seed_v2_2 (docs/performance.md)
 
 
 def to_pixels_minor(x: jax.Array) -> jax.Array:
