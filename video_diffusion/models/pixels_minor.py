@@ -6,10 +6,10 @@ axis, so every einsum over heads needs transposes of those wide arrays, and
 attention over a handful of frames becomes a batched matmul of thousands of
 tiny matrices. Here features are (..., channels, pixels) instead: a projection
 is one matmul per image with the pixels as the long minor axis, the scores
-of each query frame are a sum over dim_head with the pixels as a batch axis
-(on accelerators, an elementwise product per pair of frames), and only the
-narrow (channels wide) input and output are transposed. docs/performance.md
-has the measurements.
+and the mixing across frames are sums with the pixels as vector lanes (on the
+CPU, loops whose bodies update every pair of frames at once; on accelerators,
+one fused product per pair), and only the narrow (channels wide) input and
+output are transposed. docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
