@@ -76,6 +76,48 @@ def test_frame_projection_values_and_gradients_equal_the_einsum(dtype):
     np.testing.assert_allclose(a, b, atol=tolerance, rtol=tolerance)
 
 
+def plain_read_queries(mixing, logits, scale):
+  q = jax.nn.softmax(logits.astype(jnp.float32), axis=2) * scale
+  per_head = mixing.reshape(logits.shape[:1] + (-1,) + logits.shape[1:3])
+  return jnp.einsum('nohd,nhdp->nop', per_head, q)
+
+
+def plain_key_pixels(logits, x):
+  return jnp.einsum('nkp,ncp->nkc', jax.nn.softmax(logits.astype(jnp.float32), axis=-1), x)
+
+
+def linear_attention_case(kernel):
+  """(ours, plain formula, the two differentiable inputs) of a linear attention kernel."""
+  keys = jax.random.split(jax.random.key(8), 3)
+  n, heads, dim_head, c, c_out, pixels = 2, 3, 4, 5, 6, 7
+  if kernel == 'read_queries':
+    mixing = jax.random.normal(keys[0], (n, c_out, heads * dim_head))
+    logits = 3 * jax.random.normal(keys[1], (n, heads, dim_head, pixels))
+    scale = 0.3
+    ours = lambda m, q: pixels_minor.read_queries(m, q, scale)
+    return ours, lambda m, q: plain_read_queries(m, q, scale), (mixing, logits)
+  logits = 3 * jax.random.normal(keys[1], (n, heads * dim_head, pixels))
+  x = jax.random.normal(keys[2], (n, c, pixels))
+  return pixels_minor.key_pixels, plain_key_pixels, (logits, x)
+
+
+@pytest.mark.parametrize('kernel', ['read_queries', 'key_pixels'])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_linear_attention_kernels_values_and_gradients_equal_the_plain_formulas(kernel, dtype):
+  ours_fn, plain_fn, args = linear_attention_case(kernel)
+  args = tuple(a.astype(dtype) for a in args)
+  out = ours_fn(*args)
+  assert out.dtype == dtype
+  cotangent = jax.random.normal(jax.random.key(9), out.shape)
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * cotangent)
+  ours = jax.value_and_grad(loss(ours_fn), argnums=(0, 1))(*args)
+  plain = jax.value_and_grad(loss(plain_fn), argnums=(0, 1))(*args)
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(plain)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tolerance, rtol=tolerance)
+
+
 def test_rotary_matrices_and_rotated_kernels_equal_the_rotary_embedding_along_frames():
   heads, dim_head, frames = 3, 12, 5
   inv_freq = rotary_frequencies(8)  # a partial rotary: 8 of 12 features

@@ -262,20 +262,15 @@ class SpatialLinearAttention(nnx.Module):
     wq, wk, wv = jnp.split(self.to_qkv.kernel[...].astype(dtype), 3, axis=-1)
     wo = self.to_out.kernel[...].astype(dtype)
     with jax.named_scope('qkv_projection'):
-      q, k = (
-        pixels_minor.project(kernel, tokens, dtype).reshape(b * f, heads, -1, h * w)
-        for kernel in (wq, wk)
-      )
-    softmax = lambda t, axis: jax.nn.softmax(t.astype(jnp.float32), axis=axis)
-    q = (softmax(q, 2) * self.scale).astype(dtype)
-    k = softmax(k, 3).astype(dtype)
+      q_logits = pixels_minor.project(wq, tokens, dtype).reshape(b * f, heads, -1, h * w)
+      k_logits = pixels_minor.project(wk, tokens, dtype)
     # context[d, e] = sum_n k[d, n] v[e, n] with v = Wv x: keys times pixels first.
-    keyed_pixels = jnp.einsum('bhdn,bcn->bhdc', k, tokens)
+    keyed_pixels = pixels_minor.key_pixels(k_logits, tokens).reshape(b * f, heads, -1, c)
     context = jnp.einsum('bhdc,che->bhde', keyed_pixels, wv.reshape(c, heads, -1))
     # to_out(context^T q) = (Wo context^T) q: one (c_out, heads * dim_head) matrix per frame.
     mixing = jnp.einsum('bhde,heo->bohd', context, wo.reshape(heads, -1, wo.shape[-1]))
     with jax.named_scope('out_projection'):
-      out = jnp.einsum('bohd,bhdn->bon', mixing, q)
+      out = pixels_minor.read_queries(mixing.reshape(b * f, wo.shape[-1], -1), q_logits, self.scale)
       out = out + self.to_out.bias[...].astype(dtype)[:, None]
     return pixels_minor.to_pixels_minor(out).reshape(b, f, h, w, c)
 

@@ -63,6 +63,10 @@ def from_tiles(x: jax.Array, batch: int) -> jax.Array:
   return x.reshape(batch, f, -1, c)
 
 
+_BATCHED_MATMUL = (((2,), (1,)), ((0,), (0,)))  # (n, a, b) x (n, b, c) -> (n, a, c)
+_BATCHED_MATMUL_BT = (((2,), (2,)), ((0,), (0,)))  # (n, a, b) x (n, c, b) -> (n, a, c)
+
+
 def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """x (n, c_in, pixels) times a Linear kernel (c_in, c_out) -> (n, c_out, pixels),
   as one batched matmul with the kernel shared by the n images."""
@@ -231,3 +235,68 @@ def _attend_bwd(residuals, d_out):
 
 
 attend_frames.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _softmax_grad(y: jax.Array, d_y: jax.Array, axis: int, scale: float = 1.0) -> jax.Array:
+  """float32 gradient of the logits of y = scale * softmax(logits, axis), given d_y."""
+  y, d_y = y.astype(jnp.float32), d_y.astype(jnp.float32)
+  return y * (d_y - jnp.sum(d_y * y, axis=axis, keepdims=True) / scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def read_queries(mixing: jax.Array, logits: jax.Array, scale: float) -> jax.Array:
+  """Linear attention's output: mixing (n, c_out, heads * dim_head) times the
+  queries q = scale * softmax(logits) over each head's features, with logits
+  (n, heads, dim_head, pixels) -> (n, c_out, pixels), in mixing's dtype.
+
+  Written out so that q, stored once, is never transposed: autodiff's form
+  copied the 256-wide q into pixels-major order for mixing's gradient and
+  recomputed its softmax in each copy (docs/performance.md).
+  """
+  return _read_queries_fwd(mixing, logits, scale)[0]
+
+
+def _read_queries_fwd(mixing, logits, scale):
+  q = (jax.nn.softmax(logits.astype(jnp.float32), axis=2) * scale).astype(mixing.dtype)
+  out = jax.lax.dot_general(mixing, q.reshape(q.shape[0], -1, q.shape[-1]), _BATCHED_MATMUL)
+  return out, (mixing, q)
+
+
+def _read_queries_bwd(scale, residuals, d_out):
+  mixing, q = residuals
+  d_out = d_out.astype(mixing.dtype)
+  flat_q = q.reshape(q.shape[0], -1, q.shape[-1])
+  d_mixing = jax.lax.dot_general(d_out, flat_q, _BATCHED_MATMUL_BT)
+  d_q = jax.lax.dot_general(jnp.swapaxes(mixing, 1, 2), d_out, _BATCHED_MATMUL)
+  d_logits = _softmax_grad(q, d_q.reshape(q.shape), 2, scale)
+  return d_mixing, d_logits.astype(q.dtype)
+
+
+read_queries.defvjp(_read_queries_fwd, _read_queries_bwd)
+
+
+@jax.custom_vjp
+def key_pixels(logits: jax.Array, x: jax.Array) -> jax.Array:
+  """Linear attention's keys times its inputs: k = softmax(logits) over the
+  pixels, logits (n, heads * dim_head, pixels), x (n, c, pixels) -> (n, heads *
+  dim_head, c) = sum over pixels of k x^T, in x's dtype. Written out like
+  read_queries: k is stored once, normalized, and no broadcast of its softmax
+  denominators is materialized for the backward pass.
+  """
+  return _key_pixels_fwd(logits, x)[0]
+
+
+def _key_pixels_fwd(logits, x):
+  k = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(x.dtype)
+  return jax.lax.dot_general(k, x, _BATCHED_MATMUL_BT), (k, x)
+
+
+def _key_pixels_bwd(residuals, d_out):
+  k, x = residuals
+  d_out = d_out.astype(x.dtype)
+  d_k = jax.lax.dot_general(d_out, x, _BATCHED_MATMUL)
+  d_x = jax.lax.dot_general(jnp.swapaxes(d_out, 1, 2), k, _BATCHED_MATMUL)
+  return _softmax_grad(k, d_k, -1).astype(k.dtype), d_x
+
+
+key_pixels.defvjp(_key_pixels_fwd, _key_pixels_bwd)
