@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from video_diffusion.runtime import allocator, runtime_info
+from video_diffusion.runtime import allocator, runtime_info, xla_options
 
 
 def test_glibc_removes_a_preloaded_allocator():
@@ -109,3 +109,18 @@ def test_importing_the_package_set_the_xla_options():
 
   for option in xla_options.CPU_OPTIONS:
     assert option in os.environ['XLA_FLAGS']
+
+
+@pytest.mark.parametrize('env_value, expected', [(None, 'False'), ('1', 'True')])
+def test_importing_the_models_turns_off_async_cpu_dispatch_unless_the_user_chose(
+  env_value, expected
+):
+  env = {k: v for k, v in os.environ.items() if k != xla_options.ASYNC_DISPATCH_ENV}
+  if env_value is not None:
+    env[xla_options.ASYNC_DISPATCH_ENV] = env_value
+  flag = 'jax.config.values["jax_cpu_enable_async_dispatch"]'
+  code = f'import jax, video_diffusion.models; print({flag})'
+  result = subprocess.run(
+    [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True
+  )
+  assert result.stdout.strip() == expected

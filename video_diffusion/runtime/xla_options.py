@@ -6,6 +6,13 @@ cores, take half the time forward and for both gradients
 (docs/performance.md). The options apply only when `video_diffusion` is
 imported before JAX initialises a backend; an option already named in
 XLA_FLAGS is left as the user set it.
+
+Importing `video_diffusion.models` also runs CPU computations inline (JAX's
+`jax_cpu_enable_async_dispatch` off, unless VIDEO_DIFFUSION_CPU_ASYNC_DISPATCH=1):
+dispatched asynchronously, a train step could start, and allocate its
+XLA scratch (4.4 GB on seed_v2_2), before the previous step's scratch was
+freed, so peak memory held two of them (seed_v2_2: 6.5 -> 11.1 GB), in some
+runs only. Step time is unchanged (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import os
 
 CPU_OPTIONS = ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',)
+ASYNC_DISPATCH_ENV = 'VIDEO_DIFFUSION_CPU_ASYNC_DISPATCH'
 
 
 def with_options(flags: str) -> str:
@@ -26,3 +34,12 @@ def with_options(flags: str) -> str:
 def apply() -> None:
   """Adds CPU_OPTIONS to os.environ['XLA_FLAGS']."""
   os.environ['XLA_FLAGS'] = with_options(os.environ.get('XLA_FLAGS', ''))
+
+
+def run_cpu_computations_inline() -> None:
+  """Turns JAX's asynchronous dispatch on the CPU off, unless ASYNC_DISPATCH_ENV
+  is 1 (effective before JAX creates its CPU client)."""
+  import jax
+
+  if os.environ.get(ASYNC_DISPATCH_ENV) != '1':
+    jax.config.update('jax_cpu_enable_async_dispatch', False)
