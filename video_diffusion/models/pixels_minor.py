@@ -72,7 +72,7 @@ def project(kernel: jax.Array, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
   as one batched matmul with the kernel shared by the n images."""
   n = x.shape[0]
   weights = jnp.broadcast_to(kernel.T.astype(dtype), (n,) + kernel.T.shape)
-  return jax.lax.dot_general(weights, x.astype(dtype), (((2,), (1,)), ((0,), (0,))))
+  return jax.lax.dot_general(weights, x.astype(dtype), _BATCHED_MATMUL)
 
 
 def rotary_matrices(frames: int, dim_head: int, inv_freq: np.ndarray) -> np.ndarray:
