@@ -1,6 +1,7 @@
 """Per-operation time breakdown of the jitted train step (docs/performance.md).
 
   python benchmarks/profile_step.py [--configs tiny,seed_v2_2] [--steps 2] [--top 12]
+                                   [--malloc auto]
 
 Traces --steps train steps of bench_model's configs with jax.profiler (XLA's
 per-thunk TraceMe events, --xla_cpu_enable_xprof_traceme), reads the trace
@@ -9,7 +10,9 @@ all threads. Instructions are attributed to the model part whose
 jax.named_scope they carry (layers.scoped: conv, temporal_attention, ...),
 split into forward and backward (an op_name under `transpose(` is backward)
 and into kinds: library matmul/convolution (YNNPACK or Eigen), XLA dot,
-copies and transposes, other fused loops. Prints Markdown tables.
+copies and transposes, other fused loops. Prints Markdown tables. Like
+train.py, it runs with the allocator of --malloc preloaded (it re-executes
+itself once), so the profile is of the step users get.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
 ).strip()
 
-from bench_model import CONFIGS, build_model, markdown
+from bench_model import CONFIGS, active_allocator, allocator_env, build_model, markdown
 
 # Innermost first: an op under temporal_attention/qkv_projection is a projection.
 SCOPES = (
@@ -42,15 +45,40 @@ SCOPES = (
   'time_mlp',
   'res_conv',
 )
-INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = \S+ (\w[\w\-]*)\((.*)$', re.M)
+# The shape is one token, or a tuple with spaces (a loop's state).
+INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) (\w[\w\-]*)\((.*)$')
+COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) \(.*\{$')
+CALLED = re.compile(r'(?:calls|body|condition|to_apply)=%?([\w.\-]+)')
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-  """{instruction name: (opcode, op_name metadata)} of an optimised HLO module."""
-  out = {}
-  for name, opcode, rest in INSTRUCTION.findall(hlo_text):
+  """{instruction name: (opcode, op_name metadata)} of an optimised HLO module.
+
+  An instruction without op_name (XLA drops it from some fusions inside loop
+  bodies) takes that of the instruction whose computation holds it: the
+  loop, call or fusion it runs in, so tiled attention keeps its scope."""
+  out, computation_of, caller_of = {}, {}, {}
+  computation = None
+  for line in hlo_text.splitlines():
+    header = COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
+    instruction = INSTRUCTION.match(line)
+    if not instruction:
+      continue
+    name, opcode, rest = instruction.groups()
     op_name = re.search(r'op_name="([^"]*)"', rest)
     out[name] = (opcode, op_name.group(1) if op_name else '')
+    computation_of[name] = computation
+    for called in CALLED.findall(rest):
+      caller_of.setdefault(called, name)
+  for name, (opcode, op_name) in out.items():
+    holder = name
+    while not op_name and computation_of.get(holder) in caller_of:
+      holder = caller_of[computation_of[holder]]
+      op_name = out[holder][1]
+    out[name] = (opcode, op_name)
   return out
 
 
@@ -174,7 +202,13 @@ def main() -> None:
   parser.add_argument('--configs', default='tiny,seed_v2_2')
   parser.add_argument('--steps', type=int, default=2, help='traced steps (after 2 warm-ups)')
   parser.add_argument('--top', type=int, default=12, help='rows of the detailed table')
+  parser.add_argument('--malloc', default='auto', help='auto, glibc, mimalloc, jemalloc, tcmalloc')
   args = parser.parse_args()
+  env = allocator_env(args.malloc)
+  if env.get('LD_PRELOAD') != os.environ.get('LD_PRELOAD'):
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+  print(f'malloc: {active_allocator()}\n', flush=True)
   for name in args.configs.split(','):
     seconds, wall = profile(name, args.steps)
     print(tables(name, seconds, wall, args.top), end='\n\n', flush=True)
