@@ -25,11 +25,14 @@ import re
 import sys
 import tempfile
 
-os.environ['XLA_FLAGS'] = (
-  os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_enable_xprof_traceme=true'
-).strip()
+# Added once: the re-executed process inherits it.
+os.environ['XLA_FLAGS'] = ' '.join(
+  dict.fromkeys(os.environ.get('XLA_FLAGS', '').split() + ['--xla_cpu_enable_xprof_traceme=true'])
+)
 
-from bench_model import CONFIGS, active_allocator, allocator_env, build_model, markdown
+from bench_model import CONFIGS, build_model, markdown
+
+from video_diffusion.runtime.allocator import active_allocator, reexec_with_allocator
 
 # Innermost first: an op under temporal_attention/qkv_projection is a projection.
 SCOPES = (
@@ -204,10 +207,7 @@ def main() -> None:
   parser.add_argument('--top', type=int, default=12, help='rows of the detailed table')
   parser.add_argument('--malloc', default='auto', help='auto, glibc, mimalloc, jemalloc, tcmalloc')
   args = parser.parse_args()
-  env = allocator_env(args.malloc)
-  if env.get('LD_PRELOAD') != os.environ.get('LD_PRELOAD'):
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
+  reexec_with_allocator(args.malloc)
   print(f'malloc: {active_allocator()}\n', flush=True)
   for name in args.configs.split(','):
     seconds, wall = profile(name, args.steps)

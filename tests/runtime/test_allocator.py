@@ -75,6 +75,27 @@ def test_mimalloc_keeps_a_freed_block_above_2_gib_for_the_next_step():
   assert int(out.stdout) < 8, f'{out.stdout.strip()} page faults reusing a freed 3 GiB block'
 
 
+@pytest.mark.parametrize('name', ['auto', 'glibc'])
+def test_reexec_preloads_the_allocator_once(name):
+  script = textwrap.dedent(f"""
+    import os
+    from video_diffusion.runtime import allocator
+    env = os.environ
+    print('run', env.get('LD_PRELOAD', ''), env.get(allocator.REEXEC_MARK, ''), flush=True)
+    allocator.reexec_with_allocator({name!r})
+    print('after', flush=True)
+  """)
+  env = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', allocator.REEXEC_MARK)}
+  out = subprocess.run(
+    [sys.executable, '-c', script], env=env, capture_output=True, text=True, check=True
+  ).stdout.split('\n')
+  if name == 'glibc':
+    assert out[:2] == ['run  ', 'after']
+  else:  # the first process is replaced; the second runs on, mimalloc preloaded
+    path = allocator.allocator_env('auto', {})['LD_PRELOAD']
+    assert out[:3] == ['run  ', f'run {path} 1', 'after']
+
+
 def test_unknown_allocator_is_an_error():
   with pytest.raises(ValueError, match="allocator 'hoard'"):
     allocator.allocator_env('hoard', {})

@@ -11,27 +11,20 @@ import argparse
 import os
 import sys
 
-_REEXEC_MARK = 'VIDEO_DIFFUSION_MALLOC_SET'
 # 'on' when this process is the command itself (it may re-exec with an allocator).
 STANDALONE = {'on': False}
 
 
 def _use_allocator(name: str) -> None:
   """Re-executes this command with a faster malloc preloaded, once."""
-  if name == 'glibc' or os.environ.get(_REEXEC_MARK) or not STANDALONE['on']:
+  if not STANDALONE['on']:
     return
-  from video_diffusion.runtime.allocator import allocator_env
+  from video_diffusion.runtime.allocator import reexec_with_allocator
 
   try:
-    env = allocator_env(name)
+    reexec_with_allocator(name)
   except ValueError as e:
     sys.exit(f'error: --malloc {name}: {e}')
-  if 'LD_PRELOAD' not in env:
-    return
-  env[_REEXEC_MARK] = '1'
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
 
 
 def _use_compilation_cache() -> None:

@@ -108,3 +108,22 @@ def active_allocator() -> str:
   """The allocator preloaded into this process ('glibc' if none)."""
   preload = os.environ.get('LD_PRELOAD', '')
   return next((n for n in ALLOCATORS if n in preload), 'glibc')
+
+
+# Set in a process that reexec_with_allocator started, so it re-executes once.
+REEXEC_MARK = 'VIDEO_DIFFUSION_MALLOC_SET'
+
+
+def reexec_with_allocator(name: str) -> None:
+  """Re-executes this Python command (sys.orig_argv) with allocator `name`
+  preloaded, once; returns for 'glibc', in the re-executed process, and when
+  `name` preloads nothing. Raises ValueError naming how to install `name`."""
+  if name == 'glibc' or os.environ.get(REEXEC_MARK):
+    return
+  env = allocator_env(name)
+  if 'LD_PRELOAD' not in env:
+    return
+  env[REEXEC_MARK] = '1'
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execve(sys.executable, [sys.executable] + sys.orig_argv[1:], env)
