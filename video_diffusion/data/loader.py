@@ -17,6 +17,7 @@ from video_diffusion.data.errors import DataError
 from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
+from video_diffusion.data.workers import ExitWithParent
 
 __all__ = ['EpochReport', 'close_iterator', 'iterator_state', 'make_loader', 'restore_iterator']
 
@@ -37,9 +38,10 @@ def make_loader(
   spec.video_shape (remainders dropped); process `process_index` of
   `process_count` reads a disjoint shard. seed defaults to spec.seed,
   worker_count (grain worker processes, 0 = in this process) to spec.workers,
-  `source` to make_source(spec). Batches hold 'cond' when the spec's
-  condition has a kind (see data.conditions), and 'image' (bool (b,), the
-  image stacks) with image-video co-training (see data.cotrain).
+  `source` to make_source(spec); the workers exit by themselves when this
+  process dies, even by SIGKILL (see data.workers). Batches hold 'cond' when
+  the spec's condition has a kind (see data.conditions), and 'image' (bool
+  (b,), the image stacks) with image-video co-training (see data.cotrain).
   """
   total = spec.batch_size
   seed = spec.seed if seed is None else seed
@@ -83,6 +85,8 @@ def make_loader(
     grain.transforms.Batch(batch_size=batch, drop_remainder=True, batch_fn=batch_fn)
   )
   workers = spec.workers if worker_count is None else worker_count
+  if workers:
+    operations.insert(0, ExitWithParent())  # a worker exits when this process dies, even by SIGKILL
   if workers and not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()  # grain's worker start reads an absl flag; use its default
   return grain.DataLoader(
