@@ -5,12 +5,14 @@ PY := $(VENV)/bin/python
 # The PyTorch original, for benchmarks/bench.py's reference columns only.
 REF_VENV := .venv-reference
 
-.PHONY: setup demo demo-fvd test test-fast lint bench profile fixtures
+.PHONY: setup demo demo-fvd test test-fast lint docs config-docs bench profile fixtures
 
+# PYTHONWARNINGS: setuptools warns at every editable install of a flat layout that a
+# folder named like the package shadows it; here that folder is the package.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -21,7 +23,7 @@ demo: setup
 	$(PY) sample.py --config configs/config.yaml --load-ema-params --batch-size 9 \
 	  --sampler heun --steps 20 --output-path results/demo/samples-final
 
-# FVD of the demo model with two samplers against 256 held-out videos (README: Results).
+# FVD of the demo model with two samplers against 256 held-out videos (docs/results.md).
 demo-fvd: setup
 	for run in "heun 20" "euler 50"; do set -- $$run; \
 	  $(PY) -m video_diffusion eval --config configs/config.yaml --load-ema-params \
@@ -31,8 +33,9 @@ demo-fvd: setup
 # built once): XLA compiles one program per core.
 TEST_WORKERS ?= 2
 
-test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+# The fast subset first (a quick verdict), then the rest.
+test: test-fast
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 # Everyday subset: everything but the tests marked slow (end-to-end runs, subprocesses).
 test-fast: setup
@@ -42,6 +45,20 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# The docs site (mkdocs.yml, docs/) into site/; a broken link, a missing page or
+# a docstring mkdocstrings cannot render fails the build (CI runs it).
+$(VENV)/.docs-installed: pyproject.toml $(VENV)/.installed
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# Rewrite the config key table of docs/configuration.md from the schema
+# (tests/test_docs.py fails while it is out of date).
+config-docs: setup
+	$(PY) tools/update_config_docs.py
 
 $(REF_VENV)/.installed:
 	$(PYTHON) -m venv $(REF_VENV)

@@ -20,6 +20,7 @@ import sys
 
 from bench_model import CONFIGS, child_env, fmt, header, markdown, run_child, run_one
 
+import video_diffusion
 from video_diffusion.models import attention
 from video_diffusion.runtime.allocator import allocator_env, resolve
 
@@ -88,4 +89,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

@@ -50,6 +50,7 @@ from bench_model import (
 )
 from bench_samplers import SAMPLERS, measure_sampler, sampling_wall
 
+import video_diffusion
 from video_diffusion.runtime.allocator import SETTINGS, active_allocator, allocator_env, resolve
 
 REFERENCE_VENV_PYTHON = os.path.join(ROOT, '.venv-reference', 'bin', 'python')
@@ -358,4 +359,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

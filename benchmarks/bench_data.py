@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import cpu_model, markdown, median_time  # noqa: E402
 
+import video_diffusion  # noqa: E402
+
 SHAPES = {  # config file -> its name in the table
   'configs/config.yaml': 'demo',
   'configs/config_v2_2.yaml': 'seed_v2_2',
@@ -162,4 +164,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

@@ -38,6 +38,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_model import fmt, markdown, median_time, model_flops  # noqa: E402
 
+import video_diffusion  # noqa: E402
+
 DIT_B = ['dit.width=768', 'dit.depth=12', 'dit.heads=12', 'dit.patch_size=2']
 
 
@@ -290,4 +292,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

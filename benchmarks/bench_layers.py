@@ -19,6 +19,8 @@ import argparse
 from bench import measure_peak
 from bench_model import fmt, markdown, median_time, model_flops
 
+import video_diffusion
+
 # (height = width, channels) of the seed_v2_2 U-Net's levels.
 LEVELS = ((64, 32), (32, 64), (16, 128), (8, 256))
 HEADS, DIM_HEAD = 8, 32
@@ -95,4 +97,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

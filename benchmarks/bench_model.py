@@ -22,6 +22,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import video_diffusion  # noqa: E402  (no jax)
 from video_diffusion.runtime.allocator import active_allocator, allocator_env  # noqa: E402  (no jax)
 
 CONFIGS = {
@@ -326,6 +327,7 @@ def main() -> None:
   )
   args = parser.parse_args()
   if args.one:
+    video_diffusion.configure_cpu()  # before JAX starts its backend
     result = run_one(args.one, args.repeats)
     print(json.dumps(result) if args.json else result, flush=True)
     return

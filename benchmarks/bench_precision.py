@@ -33,6 +33,8 @@ from bench_model import (
   time_train_step,
 )
 
+import video_diffusion
+
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -119,6 +121,7 @@ def main() -> None:
   parser.add_argument('--json', action='store_true', help='with --one: print one JSON line')
   args = parser.parse_args()
   if args.one:
+    video_diffusion.configure_cpu()  # before JAX starts its backend
     result = run_one(args.one, args.dtype, args.remat, args.repeats)
     print(json.dumps(result) if args.json else result, flush=True)
     return

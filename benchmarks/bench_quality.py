@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+import video_diffusion
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLOW = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
 FLOW += ['diffusion.time_sampling=logit_normal']
@@ -259,4 +261,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

@@ -23,6 +23,7 @@ import time
 
 from bench_model import CONFIGS, REFERENCE, build_model, config_names, cpu_model, markdown
 
+import video_diffusion
 from video_diffusion.runtime.allocator import active_allocator, allocator_env
 
 
@@ -168,4 +169,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

@@ -32,6 +32,7 @@ os.environ['XLA_FLAGS'] = ' '.join(
 
 from bench_model import CONFIGS, build_model, markdown
 
+import video_diffusion
 from video_diffusion.runtime.allocator import active_allocator, reexec_with_allocator
 
 # Innermost first: an op under temporal_attention/qkv_projection is a projection.
@@ -215,4 +216,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   sys.exit(main())

@@ -9,6 +9,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from video_diffusion.runtime.xla_options import configure_cpu  # JAX-free import
+
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 ROOT = FIXTURES.parent.parent
 
@@ -24,6 +26,32 @@ if 'VIDEO_DIFFUSION_TEST_CACHE' not in os.environ:
 os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ['VIDEO_DIFFUSION_TEST_CACHE']
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+# End-to-end tests compile many small programs whose results do not hang on XLA's
+# optimisation passes: without them they compile in about 40% less time (also in
+# the subprocesses, which inherit the variable). Files marked `optimized` (parity
+# with the reference, bf16 precision, optimised HLO, and the I3D network, whose
+# unoptimised forward pass costs more than its compile saves) compile as users' runs do.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+# The CLI's XLA options, here and (through XLA_FLAGS) in the subprocesses.
+configure_cpu()
+
+
+@pytest.fixture(scope='module', autouse=True)
+def optimised_compiles(request):
+  """XLA's optimisation passes on for the module of a test marked `optimized`
+  (autouse, so it is set up before the module's other fixtures compile)."""
+  import jax
+
+  if request.node.get_closest_marker('optimized') is None:
+    yield
+    return
+  before = jax.config.values['jax_disable_most_optimizations'], os.environ.copy()
+  jax.config.update('jax_disable_most_optimizations', False)
+  os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0'  # and in the module's subprocesses
+  yield
+  jax.config.update('jax_disable_most_optimizations', before[0])
+  os.environ.clear()
+  os.environ.update(before[1])
 
 
 @pytest.fixture(scope='session')
@@ -38,17 +66,22 @@ def to_channels_last(video):
   return np.transpose(video, (0, 2, 3, 4, 1))
 
 
-# The test files that take longest (pytest --durations, 2026-11-30), run first: with
+# The test files that take longest (pytest --durations, 2026-12-07), run first: with
 # pytest-xdist's --dist loadfile a long file started last leaves the other worker idle.
 LONGEST_FIRST = (
   'train/test_training.py',
-  'parallel/test_sharding.py',
-  'train/test_backbones.py',
   'train/test_preemption.py',
   'parallel/test_multiprocess.py',
+  'parallel/test_sharding.py',
+  'train/test_backbones.py',
+  'models/test_precision.py',
+  'eval/test_eval.py',
+  'eval/test_fvd.py',
   'test_readme.py',
   'conditions/test_conditional.py',
-  'test_cli.py',
+  'cli/test_cli.py',
+  'data/test_worker_exit.py',
+  'train/test_cotrain.py',
   'train/test_train_step.py',
 )
 

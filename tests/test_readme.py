@@ -1,4 +1,5 @@
-"""The README's usage snippets run (shrunk to tiny sizes) and do what they say."""
+"""The Python snippets of the README and the docs run (shrunk to tiny sizes) and do
+what they say; the README starts with the demo and test commands."""
 
 import pathlib
 import re
@@ -6,9 +7,14 @@ import shutil
 
 import pytest
 
-pytestmark = pytest.mark.slow  # runs every README snippet; left out of `make test-fast`
+pytestmark = pytest.mark.slow  # runs every snippet; left out of `make test-fast`
 
-README = pathlib.Path(__file__).parent.parent / 'README.md'
+ROOT = pathlib.Path(__file__).parent.parent
+README = ROOT / 'README.md'
+GETTING_STARTED = ROOT / 'docs' / 'getting-started.md'
+CHECKPOINTS = ROOT / 'docs' / 'pytorch-checkpoints.md'
+# The demo config, shrunk (the README's example reads it through load_config).
+TINY = ['unet.dim=8', 'unet.dim_mults=[1,2]', 'diffusion.image_size=8']
 # Same code, small enough for CI: (pattern, replacement) applied to the snippets.
 SHRINK = [
   (r'\bdim=64', 'dim=8'),
@@ -17,20 +23,38 @@ SHRINK = [
   (r'32, 32', '8, 8'),
   (r'timesteps=1000', 'timesteps=3'),
   (r'\(4, 5, 32, 32, 3\)', '(4, 5, 8, 8, 3)'),
+  (r"load_config\('configs/config.yaml', \[", 'load_config(CONFIG, TINY + ['),
+  (r'steps=20', 'steps=2'),
 ]
 
 
-def usage_snippets():
-  blocks = re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
-  return [b for b in blocks if 'convert_reference_checkpoint' not in b]
+def python_blocks(page: pathlib.Path) -> list[str]:
+  return re.findall(r'```python\n(.*?)```', page.read_text(), re.S)
 
 
-def test_usage_snippets_run(tmp_path):
-  code = '\n'.join(usage_snippets())
+def run_shrunk(blocks: list[str], page: pathlib.Path) -> dict:
+  code = '\n'.join(blocks)
   for pattern, replacement in SHRINK:
     code = re.sub(pattern, replacement, code)
-  namespace = {}
-  exec(compile(code, str(README), 'exec'), namespace)
+  namespace = {'CONFIG': str(ROOT / 'configs' / 'config.yaml'), 'TINY': TINY}
+  exec(compile(code, str(page), 'exec'), namespace)
+  return namespace
+
+
+def test_readme_example_runs():
+  """Config -> model -> loss -> samples, as the README's Python section shows."""
+  blocks = python_blocks(README)
+  lines = [line for line in blocks[0].splitlines() if line.strip()]
+  assert len(blocks) == 1 and len(lines) <= 10, 'a 10-line example'
+  namespace = run_shrunk(blocks, README)
+  assert namespace['samples'].shape == (2, 8, 8, 8, 1)
+  assert 0.0 <= float(namespace['samples'].min()) <= float(namespace['samples'].max()) <= 1.0
+  assert namespace['loss'].shape == ()
+
+
+def test_getting_started_snippets_run():
+  """The reference README's three snippets, in JAX (docs/getting-started.md)."""
+  namespace = run_shrunk(python_blocks(GETTING_STARTED), GETTING_STARTED)
   assert namespace['sampled_videos'].shape == (2, 5, 8, 8, 3)
   assert float(namespace['sampled_videos'].min()) >= 0.0
   assert float(namespace['sampled_videos'].max()) <= 1.0
@@ -38,11 +62,7 @@ def test_usage_snippets_run(tmp_path):
 
 
 def test_checkpoint_snippet_runs(tmp_path, monkeypatch):
-  block = next(
-    b
-    for b in re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
-    if 'convert_reference_checkpoint' in b
-  )
+  (block,) = [b for b in python_blocks(CHECKPOINTS) if 'convert_reference_checkpoint' in b]
   fixture = pathlib.Path(__file__).parent / 'fixtures' / 'reference_checkpoint.pt'
   (tmp_path / 'results').mkdir()
   shutil.copy(fixture, tmp_path / 'results' / 'model-10.pt')
@@ -61,17 +81,5 @@ def test_readme_starts_with_the_demo_and_test_commands_and_ci_runs_the_latter():
   first_block = re.search(r'```bash\n(.*?)```', README.read_text(), re.S).group(1)
   commands = [line.split('#')[0].strip() for line in first_block.splitlines()]
   assert commands[:2] == ['make demo', 'make test']
-  ci = (README.parent / '.ci' / 'run').read_text()
+  ci = (ROOT / '.ci' / 'run').read_text()
   assert 'make test' in ci.split('\n', 2)[-1]
-
-
-def test_readme_documents_every_flag_and_config_key():
-  from video_diffusion.cli import eval_parser, prepare_parser, sample_parser, train_parser
-  from video_diffusion.config import markdown_table
-
-  text = README.read_text()
-  assert markdown_table() in text
-  for parser in (train_parser(), sample_parser(), eval_parser(), prepare_parser()):
-    for action in parser._actions:
-      if action.option_strings and action.dest != 'help':
-        assert f'`{action.option_strings[0]}' in text, action.option_strings[0]

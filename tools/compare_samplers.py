@@ -18,6 +18,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
+import video_diffusion
 from video_diffusion.config import load_config, resolved_checkpoint_dir
 from video_diffusion.data import video_io
 from video_diffusion.diffusion import samplers
@@ -83,4 +84,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  video_diffusion.configure_cpu()  # before JAX starts its backend
   main()

@@ -17,6 +17,8 @@ from video_diffusion.conditions.text import (
   write_safetensors,
 )
 
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
+
 WORDS = 'a the cat dog sat on mat red blue small big and .'.split()
 MAX_LENGTH = 8
 

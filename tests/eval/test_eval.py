@@ -7,10 +7,11 @@ import re
 import numpy as np
 import pytest
 import yaml
+from cli.test_cli import TINY, read_scalars, run
 from conftest import ROOT
-from test_cli import TINY, read_scalars, run
 
-pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
+# end-to-end runs, left out of `make test-fast`; I3D compiled as users' runs are (tests/conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.optimized]
 
 EVAL = dict(eval_every=2, eval_num_videos=2, eval_sampler='ddim', eval_steps=2)
 
@@ -40,7 +41,7 @@ def test_training_logs_fvd_every_eval_every_steps(evaluated_run):
   with_fvd = {r['step']: r['fvd'] for r in records if 'fvd' in r}
   assert sorted(with_fvd) == [2, 4]
   assert all(math.isfinite(v) and v > 0 for v in with_fvd.values()), with_fvd
-  scalars = dict(read_scalars(results / 'tb')['train/fvd'])
+  scalars = dict(read_scalars(results / 'tb')['eval/fvd'])
   assert scalars.keys() == {2, 4}
   np.testing.assert_allclose([scalars[2], scalars[4]], [with_fvd[2], with_fvd[4]], rtol=1e-6)
 

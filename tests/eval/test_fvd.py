@@ -8,6 +8,8 @@ from flax import nnx
 from video_diffusion.data.synthetic import moving_digits
 from video_diffusion.eval import fvd, i3d
 
+pytestmark = pytest.mark.optimized  # I3D compiled as users' runs are (tests/conftest.py)
+
 
 def test_frechet_distance_of_diagonal_gaussians_has_its_closed_form():
   rng = np.random.default_rng(0)

@@ -17,6 +17,8 @@ from video_diffusion.interop.convert import (
 )
 from video_diffusion.interop.torch_pickle import load_torch_file
 
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
+
 CHECKPOINT = FIXTURES / 'reference_checkpoint.pt'
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from video_diffusion.interop.torch_pickle import UnsafeCheckpointError, load_torch_file
 
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
+
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 SAMPLE = FIXTURES / 'torch_pickle_sample.pt'
 

@@ -11,6 +11,8 @@ from flax import nnx
 from video_diffusion.models import layers
 from video_diffusion.models.init import torch_default_init
 
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
+
 
 def _loss_and_grad():
   """A ResnetBlock's jitted value_and_grad over its parameters, and those parameters."""

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from flax import nnx
 
 from video_diffusion import GaussianDiffusion
 from video_diffusion.interop.convert import unet_from_state_dict
+
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
 
 ATOL = 1e-4
 CONFIG_NAMES = ['cond_linear_attn', 'uncond_defaults', 'cond_partial_rotary', 'long_clip_out_dim']
@@ -110,3 +113,9 @@ def test_p_mean_variance_matches_reference(golden, models, name):
   np.testing.assert_allclose(
     log_variance.reshape(-1), golden[f'{name}/p_log_variance'].reshape(-1), rtol=1e-5
   )
+
+
+def test_parity_is_compiled_with_xla_optimisations():
+  """The `optimized` mark turns XLA's passes back on (the rest of the suite runs
+  without them, tests/conftest.py): parity holds for what users run."""
+  assert jax.config.values['jax_disable_most_optimizations'] is False

@@ -9,6 +9,8 @@ from flax import nnx
 from video_diffusion.config import config_from_dict
 from video_diffusion.diffusion.factory import split_diffusion
 
+pytestmark = pytest.mark.optimized  # compiled as users' runs are (tests/conftest.py)
+
 UNET = dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8)
 DIFFUSION = dict(image_size=8, num_frames=3, channels=1, timesteps=20, loss_type='l2')
 VARIANTS = {

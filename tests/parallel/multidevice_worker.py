@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import optax
 
+import video_diffusion
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.config import config_from_dict
 from video_diffusion.diffusion.factory import split_diffusion
@@ -177,4 +178,5 @@ def sample_on_meshes(cfg, graphdef, constants, params) -> dict:
 if __name__ == '__main__':
   import sys
 
+  video_diffusion.configure_cpu()  # the CLI's XLA options, as the tests' own process
   main(sys.argv[1] if len(sys.argv) > 1 else 'unet3d')

@@ -4,54 +4,64 @@ import io
 import json
 import math
 import os
-import random
 import time
 
 import numpy as np
 from PIL import Image
-from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tb_masked_crc
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from video_diffusion.reporting import plot, progress, tensorboard
 from video_diffusion.reporting import run_log as metrics
 
 
-def test_crc32c_vectors():
-  assert tensorboard.crc32c(b'123456789') == 0xE3069283
-  assert tensorboard.crc32c(b'') == 0
-  assert tensorboard.crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
-  rng = random.Random(0)
-  for n in (1, 7, 100, 1000):
-    data = bytes(rng.randrange(256) for _ in range(n))
-    assert tensorboard.masked_crc32c(data) == tb_masked_crc(data)
+def read_events(logdir):
+  """(scalars: tag -> [(step, value)], images: tag -> [(step, RGB pixels)]) as read."""
+  acc = EventAccumulator(str(logdir), size_guidance={'scalars': 0, 'images': 0})
+  acc.Reload()
+  scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
+  images = {
+    tag: [
+      (e.step, np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert('RGB')))
+      for e in acc.Images(tag)
+    ]
+    for tag in acc.Tags()['images']
+  }
+  return scalars, images
 
 
 def test_event_file_read_back_by_tensorboard(tmp_path):
+  frames = np.random.default_rng(0).integers(0, 256, (10, 3, 5, 1), np.uint8)
   with tensorboard.EventWriter(tmp_path) as writer:
-    writer.scalar('train/loss', 0.25, step=0, wall_time=123.5)
-    writer.scalars({'train/loss': 0.125, 'train/lr': 1e-4}, step=10)
-    writer.scalar('train/loss', math.nan, step=2**40)
-    writer.scalar('train/big', 1e300, step=20)
-  with tensorboard.EventWriter(tmp_path) as other:
+    writer.scalars({'train/loss': 0.25}, step=0)
+    writer.scalars({'train/loss': 0.125, 'train/lr': np.float32(1e-4)}, step=10)
+    writer.scalars({'train/loss': math.nan}, step=2**40)
+    writer.scalars({'train/big': 1e300}, step=20)
+    writer.images('samples/grid', frames, step=10)
+  with tensorboard.EventWriter(tmp_path) as other:  # same second, same process: a file apart
     pass
-  assert other.path != writer.path
-  name = os.path.basename(writer.path)
-  assert name.startswith('events.out.tfevents.') and 'tfevents' in name
+  assert other.path != writer.path and os.path.exists(writer.path)
+  assert os.path.basename(writer.path).startswith('events.out.tfevents.')
 
-  events = list(LegacyEventFileLoader(writer.path).Load())
-  assert len(events) == 5  # a record with a bad CRC would be dropped silently
-  assert events[0].file_version == 'brain.Event:2'
-  assert not events[0].HasField('summary')
-  scalars = [(e.step, v.tag, v.simple_value) for e in events[1:] for v in e.summary.value]
-  assert scalars[:3] == [
-    (0, 'train/loss', 0.25),
-    (10, 'train/loss', 0.125),
-    (10, 'train/lr', np.float32(1e-4)),
-  ]
-  assert scalars[3][:2] == (2**40, 'train/loss') and math.isnan(scalars[3][2])
-  assert scalars[4] == (20, 'train/big', math.inf)
-  assert events[1].wall_time == 123.5
-  assert abs(events[2].wall_time - events[0].wall_time) < 60
+  scalars, images = read_events(tmp_path)
+  assert scalars['train/loss'][:2] == [(0, 0.25), (10, 0.125)]
+  assert scalars['train/loss'][2][0] == 2**40 and math.isnan(scalars['train/loss'][2][1])
+  assert scalars['train/lr'] == [(10, np.float32(1e-4))]
+  assert scalars['train/big'] == [(20, math.inf)]
+  ((step, pixels),) = images['samples/grid']
+  assert step == 10 and pixels.shape == (2 * 3, 8 * 5, 3)  # 8 frames a row, grey -> RGB
+  np.testing.assert_array_equal(pixels[:3, 5:10, 0], frames[1, ..., 0])
+  np.testing.assert_array_equal(pixels[3:, 5:10, 1], frames[9, ..., 0])
+  assert not pixels[3:, 10:].any()  # the second row's missing tiles are black
+
+
+def test_purge_step_hides_a_crashed_runs_later_events(tmp_path):
+  with tensorboard.EventWriter(tmp_path) as crashed:
+    crashed.scalars({'train/loss': 1.0}, step=4)
+    crashed.scalars({'train/loss': 1.0}, step=6)
+  with tensorboard.EventWriter(tmp_path, purge_step=5) as resumed:
+    resumed.scalars({'train/loss': 2.0}, step=5)
+  scalars, _ = read_events(tmp_path)
+  assert scalars['train/loss'] == [(4, 1.0), (5, 2.0)]
 
 
 def _pixels(path):
@@ -147,8 +157,10 @@ def test_metrics_logger_jsonl_tensorboard_and_plot(tmp_path):
       )
     assert (results / 'loss_curve.png').exists()  # after 3 logs
     log.log(5, {'loss': math.nan, 'grad_norm': math.inf})
+    log.log(6, {'loss': 0.1, 'fvd': 80.5, 'val_loss': 0.3, 'val_loss_t62': 0.5})
+    log.frames(6, 'samples/grid', np.full((2, 4, 4, 3), 200, np.uint8))
   lines = (results / 'metrics.jsonl').read_text().splitlines()
-  assert len(lines) == 6
+  assert len(lines) == 7
   first = json.loads(lines[0])
   assert list(first) == ['step', 'time', 'loss', 'lr', 'grad_norm', 'step_time']
   assert first['step'] == 0 and first['loss'] == 0.5 and abs(first['time'] - time.time()) < 60
@@ -156,12 +168,24 @@ def test_metrics_logger_jsonl_tensorboard_and_plot(tmp_path):
   assert last['loss'] == 'NaN' and last['grad_norm'] == 'Infinity'  # valid JSON, no bare NaN
   records = metrics.read_metrics(results / 'metrics.jsonl')
   assert math.isnan(records[5]['loss']) and records[5]['grad_norm'] == math.inf
+  assert records[6]['val_loss'] == 0.3 and records[6]['val_loss_t62'] == 0.5
 
-  (event_file,) = os.listdir(tb)
-  events = list(LegacyEventFileLoader(str(tb / event_file)).Load())[1:]
-  tags = {(e.step, v.tag) for e in events for v in e.summary.value}
-  assert (4, 'train/loss') in tags and (0, 'train/step_time') in tags and (5, 'train/loss') in tags
-  assert not any(v.tag in ('train/step', 'train/time') for e in events for v in e.summary.value)
+  assert len(os.listdir(tb)) == 1
+  scalars, images = read_events(tb)
+  assert [step for step, _ in scalars['train/loss']] == list(range(7))
+  assert scalars['train/step_time'][0] == (0, np.float32(0.1))
+  assert 'train/step' not in scalars and 'train/time' not in scalars
+  assert scalars['eval/fvd'] == [(6, 80.5)] and 'train/fvd' not in scalars
+  assert scalars['val/loss'] == [(6, np.float32(0.3))] and scalars['val/loss_t62'] == [(6, 0.5)]
+  ((step, pixels),) = images['samples/grid']
+  assert step == 6 and pixels.shape == (4, 8, 3) and (pixels == 200).all()
+
+
+def test_tensorboard_tags():
+  assert metrics.tensorboard_tag('loss') == 'train/loss'
+  assert metrics.tensorboard_tag('grad_norm', 'x/') == 'x/grad_norm'
+  assert metrics.tensorboard_tag('fvd') == 'eval/fvd'
+  assert metrics.tensorboard_tag('val_loss_t0.0625') == 'val/loss_t0.0625'
 
 
 def test_metrics_logger_resume_dedupes_curve(tmp_path):

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 
@@ -123,25 +124,37 @@ def test_xla_options_are_added_once_and_never_override_the_user():
   assert xla_options.with_options(f'{name}=') == f'{name}='
 
 
-def test_importing_the_package_set_the_xla_options():
-  import os
-
-  from video_diffusion.runtime import xla_options
-
-  for option in xla_options.CPU_OPTIONS:
-    assert option in os.environ['XLA_FLAGS']
+CONFIGURE_TWICE = (
+  'import os, jax, video_diffusion; video_diffusion.configure_cpu(); '
+  'video_diffusion.configure_cpu(); '
+  'print(os.environ["XLA_FLAGS"]); print(jax.config.values["jax_cpu_enable_async_dispatch"])'
+)
 
 
 @pytest.mark.parametrize('env_value, expected', [(None, 'False'), ('1', 'True')])
-def test_importing_the_models_turns_off_async_cpu_dispatch_unless_the_user_chose(
+def test_configure_cpu_sets_the_options_once_and_async_dispatch_unless_the_user_chose(
   env_value, expected
 ):
   env = {k: v for k, v in os.environ.items() if k != xla_options.ASYNC_DISPATCH_ENV}
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'  # the user's options are kept
   if env_value is not None:
     env[xla_options.ASYNC_DISPATCH_ENV] = env_value
-  flag = 'jax.config.values["jax_cpu_enable_async_dispatch"]'
-  code = f'import jax, video_diffusion.models; print({flag})'
   result = subprocess.run(
-    [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True
+    [sys.executable, '-c', CONFIGURE_TWICE], env=env, capture_output=True, text=True, check=True
   )
-  assert result.stdout.strip() == expected
+  flags, dispatch = result.stdout.strip().splitlines()
+  assert flags == ' '.join(['--xla_force_host_platform_device_count=1', *xla_options.CPU_OPTIONS])
+  assert dispatch == expected
+
+
+def test_configure_cpu_after_the_backend_started_warns_and_changes_nothing(monkeypatch):
+  import jax
+
+  jax.numpy.zeros(1).block_until_ready()  # the backend has started
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    xla_options.configure_cpu()  # configured already (conftest): nothing to say
+  monkeypatch.setenv('XLA_FLAGS', '')
+  with pytest.warns(RuntimeWarning, match='after JAX started its backend'):
+    xla_options.configure_cpu()
+  assert os.environ['XLA_FLAGS'] == ''

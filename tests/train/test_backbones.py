@@ -16,7 +16,7 @@ from conditions.test_conditional import sample_cli as _sample_cli
 from test_training import restore
 
 from video_diffusion.config import config_from_dict
-from video_diffusion.config.schema import FLOW_SAMPLERS, SAMPLER_STEPS
+from video_diffusion.config.registry import SAMPLERS
 from video_diffusion.train import loop as trainer
 
 pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
@@ -66,7 +66,7 @@ def sample_cli(cfg, folder, *flags):
 
 def fitting_samplers(objective):
   flow = objective == 'flow'
-  return [name for name in SAMPLER_STEPS if (name in FLOW_SAMPLERS) == flow]
+  return [name for name, info in SAMPLERS.items() if info.flow == flow]
 
 
 @pytest.mark.parametrize(

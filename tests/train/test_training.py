@@ -12,12 +12,14 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.config import config_from_dict, dump_config
 from video_diffusion.data.prepare import prepare
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.diffusion.factory import split_diffusion
+from video_diffusion.reporting.run_log import read_metrics
 from video_diffusion.train import loop as trainer
 from video_diffusion.train.optimizer import make_optimizer
 from video_diffusion.train.state import init_train_state
@@ -104,6 +106,40 @@ def test_resumed_training_is_bit_identical_to_uninterrupted(tmp_path, straight):
   )
   lines = (tmp_path / 'split' / 'metrics.jsonl').read_text().splitlines()
   assert len(lines) == 4
+
+
+def test_validation_and_samples_are_logged_and_leave_training_unchanged(tmp_path, straight):
+  """val_every logs the validation loss at fixed times (metrics.jsonl and TensorBoard),
+  the sample grid goes to TensorBoard too, and neither moves the training by a bit."""
+  cfg = tiny_config(
+    tmp_path / 'val',
+    val_every=2,
+    val_times=3,
+    val_batch_size=2,
+    save_and_sample_every=4,
+    num_sample_rows=1,
+    tensorboard_dir=str(tmp_path / 'tb'),
+  )
+  trainer.train(cfg)
+  assert_same_state(straight, cfg, 4)
+  records = read_metrics(tmp_path / 'val' / 'metrics.jsonl')
+  val = {r['step']: r for r in records if 'val_loss' in r}
+  assert sorted(val) == [2, 4]
+  names = ['val_loss_t1', 'val_loss_t5', 'val_loss_t8']  # midpoints of 3 parts of 10 steps
+  for r in val.values():
+    assert set(names) < r.keys() and all(np.isfinite(r[n]) for n in names)
+    np.testing.assert_allclose(r['val_loss'], np.mean([r[n] for n in names]), rtol=1e-5)
+  assert val[2]['val_loss'] != val[4]['val_loss']  # the weights moved, the clips and noise not
+
+  acc = EventAccumulator(str(tmp_path / 'tb'))
+  acc.Reload()
+  for name in ['val_loss'] + names:
+    tag = 'val/' + name.removeprefix('val_')
+    logged = [(e.step, e.value) for e in acc.Scalars(tag)]
+    assert [s for s, _ in logged] == [2, 4], tag
+    np.testing.assert_allclose([v for _, v in logged], [val[2][name], val[4][name]], rtol=1e-6)
+  (image,) = acc.Images('samples/grid')
+  assert image.step == 4 and (image.width, image.height) == (4 * 16, 16)  # 4 frames in a row
 
 
 def test_training_on_packed_shards_resumes_bit_identically(tmp_path):

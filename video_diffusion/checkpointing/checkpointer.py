@@ -18,6 +18,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from video_diffusion.config.registry import model_sections
+
 _READ_ONLY_NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
 
 
@@ -25,9 +27,6 @@ def _not_read_only_notice(record: logging.LogRecord) -> bool:
   """Drops orbax's warnings that a read-only manager is read only: sampling and
   evaluation open checkpoints read-only on purpose, every time."""
   return not str(record.msg).startswith(_READ_ONLY_NOTICES)
-
-
-logging.getLogger('absl').addFilter(_not_read_only_notice)  # orbax logs through absl
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -63,13 +62,12 @@ def _read_error(error: BaseException) -> BaseException | None:
 
 
 def model_mismatch(current: dict, saved: dict) -> str | None:
-  """'section.key=saved vs current' for the first model key (unet, diffusion, and
-  dit for a DiT) where two config dicts differ, or None when the models agree."""
-  sections = ['unet', 'diffusion']
-  if 'dit' in (current['diffusion'].get('backbone'), saved.get('diffusion', {}).get('backbone')):
-    sections.append('dit')
-  for section in sections:
-    for key, value in current[section].items():
+  """'section.key=saved vs current' for the first model key where two config
+  dicts differ, or None when the models agree. The model keys are those of unet,
+  diffusion and the own section of either backbone (config.registry.BACKBONES)."""
+  backbones = (current['diffusion'].get('backbone'), saved.get('diffusion', {}).get('backbone'))
+  for section in model_sections(*backbones):
+    for key, value in current.get(section, {}).items():
       old = saved.get(section, {}).get(key, value)
       if old != value:
         return f'{section}.{key}={old!r} in the checkpoint, {value!r} in the config'
@@ -94,6 +92,8 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int | None = None, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    if read_only:  # orbax logs through absl; adding the filter again does nothing
+      logging.getLogger('absl').addFilter(_not_read_only_notice)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       create=not read_only,

@@ -35,6 +35,14 @@ def _use_compilation_cache() -> None:
   )
 
 
+def _set_up_jax() -> None:
+  """Before JAX starts: the compilation cache, then the package's CPU options."""
+  _use_compilation_cache()  # JAX reads JAX_COMPILATION_CACHE_DIR when imported
+  from video_diffusion.runtime.xla_options import configure_cpu
+
+  configure_cpu()
+
+
 def _fail(message: str) -> None:
   print(f'error: {message}', file=sys.stderr)
   sys.exit(2)
@@ -58,7 +66,7 @@ def run_train(args: argparse.Namespace) -> None:
     overrides.append(f'trainer.seed={args.rng_seed}')
   cfg = _config(args.config, overrides)
   _use_allocator(args.malloc)
-  _use_compilation_cache()
+  _set_up_jax()
   from video_diffusion.data.errors import DataError
   from video_diffusion.parallel import distributed
   from video_diffusion.runtime import runtime_info
@@ -130,7 +138,7 @@ def _load_checked(args: argparse.Namespace):
       'training run (trainer.checkpoint_dir_path, or <results_folder>/checkpoints)'
     )
   _use_allocator(args.malloc)
-  _use_compilation_cache()
+  _set_up_jax()
   from video_diffusion.runtime import runtime_info
 
   runtime_info.print_startup()

@@ -6,7 +6,7 @@ import argparse
 import importlib.resources
 import os
 
-from video_diffusion.config.schema import SAMPLER_STEPS, steps_help
+from video_diffusion.config.registry import SAMPLERS, steps_help
 
 DEFAULT_CONFIG = 'configs/config.yaml'
 MALLOC_CHOICES = ('auto', 'glibc', 'mimalloc', 'tcmalloc', 'jemalloc')
@@ -71,7 +71,7 @@ def _add_sampler(group) -> None:
   """--sampler, --steps, --eta and --cond-scale."""
   group.add_argument(
     '--sampler',
-    choices=tuple(SAMPLER_STEPS),
+    choices=SAMPLERS,  # the live table: samplers registered before parsing count
     default=None,
     help='for Gaussian models ddpm: ancestral over all timesteps (the reference), ddim: DDIM, '
     'dpmpp: DPM-Solver++(2M); for flow models euler or heun. Default: ddpm, or euler for '

@@ -22,7 +22,13 @@ from typing import Any
 
 import yaml
 
-from video_diffusion.config.schema import SECTIONS, Config, default_sampler, sampler_misfit
+from video_diffusion.config.registry import (
+  BACKBONES,
+  LOSS_WEIGHTINGS,
+  default_sampler,
+  sampler_misfit,
+)
+from video_diffusion.config.schema import SECTIONS, Config
 
 
 class ConfigError(ValueError):
@@ -175,20 +181,14 @@ def _check_together(cfg: Config, where: str) -> Config:
       d.channels,
       f'the model predicts the noise of every channel; set unet.out_dim to null or {d.channels}',
     )
-  if d.backbone == 'unet3d':
-    factor = 2 ** (len(u.dim_mults) - 1)
-    if d.image_size % factor:
-      raise ConfigError(
-        f'{where}: diffusion.image_size ({d.image_size}) must be divisible by {factor}, '
-        f'since unet.dim_mults ({list(u.dim_mults)}) halves the frame size '
-        f'{len(u.dim_mults) - 1} times; change diffusion.image_size or unet.dim_mults'
-      )
-  else:
-    _check_dit(cfg, where)
-  if d.is_flow and d.loss_weighting != 'none':
+  check = BACKBONES[d.backbone].check  # the backbone's sections against the rest
+  if check is not None and (problem := check(cfg)):
+    raise ConfigError(f'{where}: {problem}')
+  if d.is_flow and not LOSS_WEIGHTINGS[d.loss_weighting].flow:
+    fits = ' or '.join(n for n, w in LOSS_WEIGHTINGS.items() if w.flow)
     raise ConfigError(
       f'{where}: diffusion.loss_weighting {d.loss_weighting!r} is for the Gaussian objectives; '
-      'flow matching weighs its times through diffusion.time_sampling: set loss_weighting: none'
+      f'flow matching weighs its times through diffusion.time_sampling: set loss_weighting: {fits}'
     )
   if t.fps is not None and t.frame_stride != 1:
     raise ConfigError(
@@ -201,16 +201,15 @@ def _check_together(cfg: Config, where: str) -> Config:
       f'({t.image_dataset_path!r}) and trainer.image_fraction > 0 ({t.image_fraction}); '
       'set both, or neither'
     )
-  if t.image_fraction and d.backbone == 'dit' and cfg.dit.temporal_patch_size > 1:
-    raise ConfigError(
-      f'{where}: dit.temporal_patch_size {cfg.dit.temporal_patch_size} mixes neighbouring '
-      'frames in a patch, so the independent images of co-training would mix: set '
-      'dit.temporal_patch_size: 1 or trainer.image_fraction: 0'
-    )
   eval_sampler = t.eval_sampler or default_sampler(d.is_flow, fast=True)
   misfit = sampler_misfit(eval_sampler, d.is_flow)
   if misfit:
     raise ConfigError(f'{where}: trainer.eval_sampler: {misfit}')
+  if t.val_every and not d.is_flow and t.val_times > d.timesteps:
+    raise ConfigError(
+      f'{where}: trainer.val_times ({t.val_times}) is more than the '
+      f'{d.timesteps} diffusion.timesteps: use at most {d.timesteps}'
+    )
   filled = {}
   for key in ('num_frames', 'image_size', 'channels'):
     tv, dv = getattr(t, key), getattr(d, key)
@@ -285,27 +284,6 @@ def _check_together(cfg: Config, where: str) -> Config:
   )
 
 
-def _check_dit(cfg: Config, where: str) -> None:
-  """The dit section against the video shape: whole patches, whole heads."""
-  d, m = cfg.diffusion, cfg.dit
-  for size, key, patch, patch_key in (
-    (d.image_size, 'image_size', m.patch_size, 'patch_size'),
-    (d.num_frames, 'num_frames', m.temporal_patch_size, 'temporal_patch_size'),
-  ):
-    if size % patch:
-      raise ConfigError(
-        f'{where}: diffusion.{key} ({size}) must be divisible by dit.{patch_key} ({patch}); '
-        f'change one of them'
-      )
-  if m.width % m.heads or (m.width // m.heads) % 2:
-    raise ConfigError(
-      f'{where}: dit.width ({m.width}) must split into dit.heads ({m.heads}) heads of an even '
-      'width; change dit.width or dit.heads'
-    )
-  if m.positions == 'sincos' and m.width % 2:
-    raise ConfigError(f'{where}: dit.width ({m.width}) must be even for sincos positions')
-
-
 def config_from_dict(
   data: Any, source: str = '<dict>', key_sources: dict[tuple[str, str], str] | None = None
 ) -> Config:
@@ -333,7 +311,15 @@ def config_from_dict(
         raise ConfigError(f'{where}: unknown key {section}.{key}{_suggest(section, key)}')
     where = lambda k, s=section: key_sources.get((s, k), source)
     sections[section] = _build_section(section, body, where)
-  return _check_together(Config(**sections), source)
+  return _check_together(_assemble(sections), source)
+
+
+def _assemble(sections: dict[str, Any]) -> Config:
+  """A Config of the built sections; registered sections beyond Config's own
+  fields (a backbone's) go to Config.extra, with their defaults where absent."""
+  own = {f.name for f in dataclasses.fields(Config)} - {'extra'}
+  extra = tuple((n, sections.get(n) or cls()) for n, cls in SECTIONS.items() if n not in own)
+  return Config(**{n: v for n, v in sections.items() if n in own}, extra=extra)
 
 
 def _apply_override(data: dict, text: str, source: str) -> tuple[str, str]:
@@ -419,7 +405,7 @@ def config_keys() -> list[tuple[str, str, str, Any, str]]:
 
 
 def markdown_table() -> str:
-  """A Markdown table of every key (for the README)."""
+  """A Markdown table of every key (docs/configuration.md; make config-docs)."""
   lines = ['| key | type | default | meaning |', '| --- | --- | --- | --- |']
   for section, key, kind, default, meaning in config_keys():
     shown = yaml.safe_dump(default, default_flow_style=True).strip()

@@ -1,7 +1,7 @@
 """The config schema: every key of the unet, diffusion, dit and trainer sections.
 
 Each key is a dataclass field with its default, a one-line meaning (shown in
-the README table and `--help`) and an optional range check. Loading and
+the table of docs/configuration.md) and an optional range check. Loading and
 cross-section validation live in video_diffusion.config. This module does not
 import JAX.
 """
@@ -11,6 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from video_diffusion.config.registry import (
+  BACKBONES,
+  BETA_SCHEDULES,
+  LOSS_WEIGHTINGS,
+  LOSSES,
+  OBJECTIVES,
+  SAMPLERS,
+  TIME_SAMPLINGS,
+  steps_help,
+)
 
 
 # Checks: value -> None when fine, else the end of the message ("must be > 0, got 0").
@@ -28,53 +39,32 @@ _odd = _rule(lambda v: v > 0 and v % 2 == 1, 'a positive odd int')
 _mults = _rule(lambda v: bool(v) and all(m > 0 for m in v), 'a non-empty list of positive ints')
 
 
-# The samplers (diffusion.samplers registers their classes under these names) and
-# their default steps per video (model calls, except heun's two per step but the
-# last); None = every timestep.
-SAMPLER_STEPS = {'ddpm': None, 'ddim': 50, 'dpmpp': 20, 'euler': 50, 'heun': 20}
-# The samplers of flow-matching models (diffusion.objective 'flow'); the others
-# walk the Gaussian objectives' discrete schedule.
-FLOW_SAMPLERS = ('euler', 'heun')
-
-
-def steps_help() -> str:
-  """'all timesteps for ddpm, 50 for ddim, 20 for dpmpp, ...'."""
-  return ', '.join(
-    f'{"all timesteps" if n is None else n} for {name}' for name, n in SAMPLER_STEPS.items()
-  )
-
-
-def default_sampler(flow: bool, *, fast: bool = False) -> str:
-  """The sampler used when none is named: for a Gaussian model the reference's
-  ddpm, or ddim where a fast one is wanted (training-time FVD); for a flow model euler."""
-  if flow:
-    return 'euler'
-  return 'ddim' if fast else 'ddpm'
-
-
-def sampler_misfit(name: str, flow: bool) -> str | None:
-  """Why sampler `name` cannot sample a (flow or Gaussian) model, or None if it can."""
-  if (name in FLOW_SAMPLERS) == flow:
-    return None
-  fits = [n for n in SAMPLER_STEPS if (n in FLOW_SAMPLERS) == flow]
-  kind = 'a flow-matching model (diffusion.objective flow)' if flow else 'a Gaussian model'
-  return f'the {name} sampler cannot sample {kind}: use {" or ".join(fits)}'
-
-
 def default_cond_frames(num_frames: int) -> int:
   """Frames given to a frame-conditioned model when no number is set: half of them."""
   return max(1, num_frames // 2)
 
 
-def _one_of(*allowed: str) -> Callable[[Any], str | None]:
-  check = _rule(lambda v: v in allowed, f'one of {", ".join(map(repr, allowed))}')
-  check.allowed = allowed  # the choices, for comparing with the registries that use them
+def _among(table) -> Callable[[Any], str | None]:
+  """Check: the value is a name of `table` (a registry of config.registry, read when
+  checking, so names registered later count too)."""
+
+  def check(v):
+    return None if v in table else f'must be one of {", ".join(map(repr, table))}, got {v!r}'
+
+  check.allowed = table  # the choices, for comparing with the registries that use them
   return check
+
+
+def _one_of(*allowed: str) -> Callable[[Any], str | None]:
+  return _among(allowed)
 
 
 def _key(default, help: str, check: Callable[[Any], str | None] | None = None):
   """A config key: its default, a one-line meaning and an optional range check."""
   return field(default=default, metadata={'help': help, 'check': check})
+
+
+config_key = _key  # the keys of a new backbone's own section are declared with it too
 
 
 @dataclass(frozen=True)
@@ -124,9 +114,9 @@ class DiffusionConfig:
   num_frames: int = _key(16, 'Frames per video.', _positive)
   channels: int = _key(3, 'Channels of the video; equals unet.channels.', _positive)
   timesteps: int = _key(1000, 'Diffusion steps (training and sampling).', _positive)
-  loss_type: str = _key('l1', "Denoising loss: 'l1' or 'l2'.", _one_of('l1', 'l2'))
+  loss_type: str = _key('l1', "Denoising loss: 'l1' or 'l2'.", _among(LOSSES))
   beta_schedule: str = _key(
-    'cosine', "Noise schedule: 'cosine' or 'linear'.", _one_of('cosine', 'linear')
+    'cosine', "Noise schedule: 'cosine' or 'linear'.", _among(BETA_SCHEDULES)
   )
   use_dynamic_thres: bool = _key(False, 'Dynamic thresholding of x0 while sampling.')
   dynamic_thres_percentile: float = _key(
@@ -136,19 +126,19 @@ class DiffusionConfig:
     'unet3d',
     "The denoiser: 'unet3d' (the reference's U-Net, section unet) or 'dit' (a space-time "
     'transformer, section dit; it reads unet.channels and the condition keys too).',
-    _one_of('unet3d', 'dit'),
+    _among(BACKBONES),
   )
   objective: str = _key(
     'eps',
     "What the network predicts: 'eps' (the noise, as the "
     "reference), 'x0' (the clean video), 'v' (Salimans & Ho) or 'flow' (flow matching: "
     'the velocity noise - x0 of x_t = (1 - t) x0 + t noise, t in [0, 1]).',
-    _one_of('eps', 'x0', 'v', 'flow'),
+    _among(OBJECTIVES),
   )
   time_sampling: str = _key(
     'uniform',
     "flow: how training times are drawn: 'uniform' or 'logit_normal' (sigmoid of a normal).",
-    _one_of('uniform', 'logit_normal'),
+    _among(TIME_SAMPLINGS),
   )
   logit_normal_mean: float = _key(0.0, 'flow, logit_normal: mean of the normal.')
   logit_normal_scale: float = _key(1.0, 'flow, logit_normal: its standard deviation.', _positive)
@@ -161,7 +151,7 @@ class DiffusionConfig:
   loss_weighting: str = _key(
     'none',
     "Per-timestep loss weights: 'none' or 'min_snr' (min-SNR-gamma, Hang et al. 2023).",
-    _one_of('none', 'min_snr'),
+    _among(LOSS_WEIGHTINGS),
   )
   min_snr_gamma: float = _key(5.0, 'Gamma of min_snr loss weighting.', _positive)
   text_use_bert_cls: bool = _key(
@@ -182,7 +172,7 @@ class DiffusionConfig:
   @property
   def is_flow(self) -> bool:
     """True for flow matching (the flow samplers), False for the Gaussian objectives."""
-    return self.objective == 'flow'
+    return OBJECTIVES[self.objective].flow
 
 
 @dataclass(frozen=True)
@@ -298,7 +288,7 @@ class TrainerConfig:
   eval_every: int | None = _key(
     None,
     'Steps between FVD evaluations of the EMA weights during '
-    'training (logged as fvd to metrics.jsonl and TensorBoard); '
+    'training (fvd in metrics.jsonl, eval/fvd in TensorBoard); '
     'null = none.',
     _positive,
   )
@@ -307,12 +297,29 @@ class TrainerConfig:
   )
   eval_sampler: str | None = _key(
     None,
-    f'Sampler of training-time FVD: {", ".join(SAMPLER_STEPS)}; '
-    'null = ddim, or euler for a flow model.',
-    _one_of(*SAMPLER_STEPS),
+    f'Sampler of training-time FVD: {", ".join(SAMPLERS)}; null = ddim, or euler for a flow model.',
+    _among(SAMPLERS),
   )
   eval_steps: int | None = _key(
     None, f'Model calls per video of eval_sampler; null = its default ({steps_help()}).', _positive
+  )
+  val_every: int | None = _key(
+    None,
+    'Steps between validation losses of the online weights on held-out clips at '
+    'fixed noise (val_loss in metrics.jsonl, val/loss in TensorBoard); null = none.',
+    _positive,
+  )
+  val_times: int = _key(
+    8,
+    'Evenly spaced diffusion times of the validation loss, each logged '
+    '(val_loss_t<time>) and averaged (val_loss).',
+    _positive,
+  )
+  val_batch_size: int | None = _key(
+    None,
+    'Held-out clips of the validation loss (the same ones, with the same noise, '
+    'every time); null = train_batch_size.',
+    _positive,
   )
   results_folder: str = _key(
     './results', 'Folder of samples, loss plots and (by default) checkpoints.'
@@ -407,14 +414,26 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class Config:
-  """A whole run: model, diffusion and trainer."""
+  """A whole run: model, diffusion and trainer; `extra` holds the (name, value)
+  of sections registered beyond these four (a new backbone's), read as cfg.<name>."""
 
   unet: UnetConfig = field(default_factory=UnetConfig)
   diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
   dit: DiTConfig = field(default_factory=DiTConfig)
   trainer: TrainerConfig = field(default_factory=TrainerConfig)
+  extra: tuple[tuple[str, Any], ...] = ()
+
+  def __getattr__(self, name: str):
+    """A registered section of `extra`, or its defaults when this config has none."""
+    for key, value in self.__dict__.get('extra', ()):
+      if key == name:
+        return value
+    if name in SECTIONS:
+      return SECTIONS[name]()
+    raise AttributeError(f'{type(self).__name__!r} object has no attribute {name!r}')
 
 
+# Every section a config may have; factory.register_backbone adds a backbone's own.
 SECTIONS: dict[str, type] = {
   'unet': UnetConfig,
   'diffusion': DiffusionConfig,

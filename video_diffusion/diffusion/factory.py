@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax.numpy as jnp
 from flax import nnx
 
-from video_diffusion.config import Config
+from video_diffusion.config import SECTIONS, Config, registry
 from video_diffusion.diffusion.gaussian import GaussianDiffusion
 from video_diffusion.models.dit import DiT
 from video_diffusion.models.unet import Unet3D
@@ -54,8 +56,32 @@ def _dit(cfg: Config, in_channels: int, dtype: jnp.dtype) -> DiT:
   )
 
 
-# diffusion.backbone -> (config, input channels, compute dtype) -> the denoiser
+# diffusion.backbone -> (config, input channels, compute dtype) -> the denoiser;
+# config.registry.BACKBONES has each one's own config section and checks (for the config).
 BACKBONES = {'unet3d': _unet3d, 'dit': _dit}
+
+
+def register_backbone(
+  name: str,
+  build: Callable[[Config, int, jnp.dtype], nnx.Module],
+  *,
+  section: str | None = None,
+  section_cls: type | None = None,
+  check: Callable[[Config], str | None] | None = None,
+) -> None:
+  """Makes backbone `name` known to build_diffusion and the config (diffusion.backbone).
+
+  build(cfg, in_channels, dtype) returns the denoiser (a GuidedDenoiser with
+  the call of Unet3D). `section` names its own config section, the frozen
+  dataclass `section_cls` (read as cfg.<section>, compared with a
+  checkpoint's); check(cfg) says what a config gets wrong for it, or None.
+  """
+  if section is not None:
+    if section_cls is None:
+      raise ValueError(f'backbone {name!r}: section {section!r} needs its section_cls')
+    SECTIONS[section] = section_cls
+  registry.BACKBONES[name] = registry.BackboneInfo(section=section, check=check)
+  BACKBONES[name] = build
 
 
 def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from video_diffusion.config import registry
 from video_diffusion.diffusion import samplers
 from video_diffusion.diffusion.objectives import LOSS_WEIGHTINGS, LOSSES, get_objective
 from video_diffusion.diffusion.pixels import normalize_img
@@ -67,10 +68,11 @@ class GaussianDiffusion(nnx.Module):
     self.channels = channels
     self.objective = get_objective(objective)
     if self.objective.continuous:
-      if loss_weighting != 'none':
+      if not registry.LOSS_WEIGHTINGS[loss_weighting].flow:
+        fits = ' or '.join(repr(n) for n, w in registry.LOSS_WEIGHTINGS.items() if w.flow)
         raise ValueError(
           f'loss_weighting={loss_weighting!r} is for the Gaussian objectives; '
-          "flow matching weighs its times through time_sampling: use 'none'."
+          f'flow matching weighs its times through time_sampling: use {fits}.'
         )
       self.schedule = FlowSchedule(
         timesteps, time_sampling, logit_normal_mean, logit_normal_scale, time_shift

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from video_diffusion.config.schema import FLOW_SAMPLERS, SAMPLER_STEPS, sampler_misfit
-from video_diffusion.config.schema import default_sampler as default_sampler_name
+from video_diffusion.config import registry
+from video_diffusion.config.registry import SamplerInfo, sampler_misfit
+from video_diffusion.config.registry import default_sampler as default_sampler_name
 from video_diffusion.diffusion.pixels import normalize_img, unnormalize_img
 from video_diffusion.diffusion.schedule import NoiseSchedule
 
@@ -53,10 +54,32 @@ def _quadratic_times(num_timesteps: int, steps: int) -> np.ndarray:
 
 
 class Sampler:
-  """One sampler: the times it visits and its update rule."""
+  """One sampler: the times it visits and its update rule, and what get_sampler
+  and the config know of it (name, flow, default_steps, has_eta)."""
 
   name: str
   flow = False  # True: walks a flow-matching model's FlowSchedule
+  default_steps: int | None = None  # steps when none are asked for; None = every timestep
+  has_eta = False  # True: takes get_sampler's eta (noise)
+
+  @classmethod
+  def build(cls, num_timesteps: int, steps: int | None, eta: float) -> Sampler:
+    """This sampler with `steps` steps for a model of `num_timesteps` (eta is 0
+    unless has_eta): cls(steps) once the steps fit."""
+    cls.check_steps(num_timesteps, steps)
+    return cls(steps)
+
+  @classmethod
+  def check_steps(cls, num_timesteps: int, steps: int) -> None:
+    """ValueError unless steps >= 1, and for a Gaussian model at most its timesteps."""
+    if cls.flow:
+      if steps < 1:
+        raise ValueError(f'steps must be >= 1, got {steps}')
+    elif not 1 <= steps <= num_timesteps:
+      raise ValueError(
+        f'steps must be in [1, {num_timesteps}] (the model has {num_timesteps} '
+        f'timesteps), got {steps}'
+      )
 
   def timesteps(self, num_timesteps: int) -> np.ndarray:
     """Descending integer times, the last one -1."""
@@ -79,6 +102,15 @@ class DDPM(Sampler):
   start: int | None = None
   name = 'ddpm'
 
+  @classmethod
+  def build(cls, num_timesteps, steps, eta):
+    if steps is not None and steps != num_timesteps:
+      raise ValueError(
+        f'ddpm walks all {num_timesteps} timesteps of the model, not {steps}; '
+        'for fewer ancestral steps use the ddim sampler with eta 1'
+      )
+    return cls()
+
   def timesteps(self, num_timesteps):
     start = num_timesteps if self.start is None else self.start
     return np.arange(start - 1, -2, -1, dtype=np.int32)
@@ -95,9 +127,16 @@ class DDIM(Sampler):
   """DDIM (Song et al. 2021) over `steps` evenly spaced times; eta 0 is
   deterministic, eta 1 ancestral-like."""
 
-  steps: int = SAMPLER_STEPS['ddim']
-  eta: float = 0.0
   name = 'ddim'
+  default_steps = 50
+  has_eta = True
+  steps: int = default_steps
+  eta: float = 0.0
+
+  @classmethod
+  def build(cls, num_timesteps, steps, eta):
+    cls.check_steps(num_timesteps, steps)
+    return cls(steps, eta)
 
   def timesteps(self, num_timesteps):
     return _even_times(num_timesteps, self.steps)
@@ -117,8 +156,9 @@ class DPMSolverPP(Sampler):
   spaced quadratically (DPM-Solver's time_quadratic: denser at low noise);
   first order on the first and the last step."""
 
-  steps: int = SAMPLER_STEPS['dpmpp']
   name = 'dpmpp'
+  default_steps = 20
+  steps: int = default_steps
 
   def timesteps(self, num_timesteps):
     return _quadratic_times(num_timesteps, self.steps)
@@ -152,9 +192,10 @@ class Euler(Sampler):
   """Euler's method on the flow's ODE over `steps` even steps of u from 1 to 0
   (the schedule's timestep shift spaces the noise levels)."""
 
-  steps: int = SAMPLER_STEPS['euler']
   name = 'euler'
   flow = True
+  default_steps = 50
+  steps: int = default_steps
 
   def timesteps(self, num_timesteps):
     return np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
@@ -172,9 +213,10 @@ class Heun(Sampler):
   is two loop iterations, the corrector revisiting its end time: 2 steps - 1
   model calls."""
 
-  steps: int = SAMPLER_STEPS['heun']
   name = 'heun'
   flow = True
+  default_steps = 20
+  steps: int = default_steps
 
   def timesteps(self, num_timesteps):
     grid = np.linspace(1.0, 0.0, self.steps + 1, dtype=np.float32)
@@ -193,13 +235,20 @@ class Heun(Sampler):
     return x_next, (x, d, jnp.asarray(t, jnp.float32), ~correcting & (t_next > 0))
 
 
-SAMPLERS = {'ddpm': DDPM, 'ddim': DDIM, 'dpmpp': DPMSolverPP, 'euler': Euler, 'heun': Heun}
-assert tuple(SAMPLERS) == tuple(SAMPLER_STEPS), 'config.schema.SAMPLER_STEPS names the samplers'
-assert {n for n, c in SAMPLERS.items() if c.flow} == set(FLOW_SAMPLERS), 'and the flow ones'
+# name -> class; config.registry.SAMPLERS has each one's flow and default_steps (for the config).
+SAMPLERS: dict[str, type[Sampler]] = {c.name: c for c in (DDPM, DDIM, DPMSolverPP, Euler, Heun)}
+
+
+def register_sampler(cls: type[Sampler]) -> type[Sampler]:
+  """Makes sampler class `cls` known by cls.name to get_sampler, the config
+  (trainer.eval_sampler) and the CLI (--sampler); usable as a class decorator."""
+  SAMPLERS[cls.name] = cls
+  registry.SAMPLERS[cls.name] = SamplerInfo(flow=cls.flow, default_steps=cls.default_steps)
+  return cls
 
 
 def default_sampler(flow: bool) -> Sampler:
-  """The sampler of a model when none is named (config.schema.default_sampler)."""
+  """The sampler of a model when none is named (config.registry.default_sampler)."""
   return SAMPLERS[default_sampler_name(flow)]()
 
 
@@ -212,8 +261,8 @@ def get_sampler(
   flow: bool = False,
 ) -> Sampler:
   """The sampler `name` (a key of SAMPLERS; None = the model's default) with
-  `steps` steps (default: config.schema.SAMPLER_STEPS), for a flow-matching
-  model if `flow` else a Gaussian one."""
+  `steps` steps (default: its default_steps), for a flow-matching model if
+  `flow` else a Gaussian one; eta for the samplers that take it (has_eta)."""
   name = default_sampler_name(flow) if name is None else name
   if name not in SAMPLERS:
     raise ValueError(f'unknown sampler {name!r}: use one of {", ".join(SAMPLERS)}')
@@ -222,27 +271,11 @@ def get_sampler(
     raise ValueError(misfit)
   if eta < 0:
     raise ValueError(f'eta must be >= 0, got {eta}')
-  if eta and name != 'ddim':
-    raise ValueError(f'eta is a setting of the ddim sampler, not of {name}: drop it')
-  if SAMPLERS[name].flow:
-    steps = SAMPLER_STEPS[name] if steps is None else steps
-    if steps < 1:
-      raise ValueError(f'steps must be >= 1, got {steps}')
-    return SAMPLERS[name](steps)
-  if name == 'ddpm':
-    if steps is not None and steps != num_timesteps:
-      raise ValueError(
-        f'ddpm walks all {num_timesteps} timesteps of the model, not {steps}; '
-        'for fewer ancestral steps use the ddim sampler with eta 1'
-      )
-    return DDPM()
-  steps = SAMPLER_STEPS[name] if steps is None else steps
-  if not 1 <= steps <= num_timesteps:
-    raise ValueError(
-      f'steps must be in [1, {num_timesteps}] (the model has {num_timesteps} '
-      f'timesteps), got {steps}'
-    )
-  return DDIM(steps, eta) if name == 'ddim' else DPMSolverPP(steps)
+  cls = SAMPLERS[name]
+  if eta and not cls.has_eta:
+    takers = ' or '.join(n for n, c in SAMPLERS.items() if c.has_eta)
+    raise ValueError(f'eta is a setting of the {takers} sampler, not of {name}: drop it')
+  return cls.build(num_timesteps, cls.default_steps if steps is None else steps, eta)
 
 
 def sample_loop(

@@ -45,38 +45,55 @@ class RealSets:
   description: str
 
 
-def real_sets(cfg, num_videos: int, *, dataset_path: str | None = None, seed: int = 0) -> RealSets:
-  """2 x num_videos held-out real videos of cfg's dataset (or `dataset_path`),
-  cut to the model's frames, size and channels (random windows from `seed`)."""
-  if num_videos < 2:
-    raise EvalError(f'FVD needs at least 2 videos per set, got {num_videos}')
+def held_out_clips(
+  cfg, count: int, *, dataset_path: str | None = None, seed: int = 0, need=None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+  """(videos, raw conditions or None, description): `count` held-out videos (uint8)
+  of cfg's dataset (or `dataset_path`) cut to the model's frames, size and
+  channels (random windows from `seed`); `need(size)` says what a dataset of
+  fewer videos lacks and what to do."""
   spec = DataSpec.from_config(cfg)
   if dataset_path is not None:
     spec = dataclasses.replace(spec, dataset_path=dataset_path)
   source = make_source(spec)
-  total = 2 * num_videos
   if isinstance(source, SyntheticDigitsSource):
     start = len(source)  # training draws indices below len(source)
   else:
-    if len(source) < total:
-      raise EvalError(
-        f'{source!r} has {len(source)} videos; FVD of {num_videos} videos needs '
-        f'{total} real ones (two disjoint sets): lower --num-videos to '
-        f'{len(source) // 2} or less, or pass a larger dataset'
-      )
-    start = len(source) - total
+    if len(source) < count:
+      why = need(len(source)) if need else f'{count} held-out ones are needed'
+      raise EvalError(f'{source!r} has {len(source)} videos; {why}')
+    start = len(source) - count
   ops = record_ops(dataclasses.replace(spec, random_flip=False), source)
   videos, conds = [], []
-  for i in range(start, start + total):
+  for i in range(start, start + count):
     rng, record = np.random.default_rng([seed, i]), source[i]
     for op in ops:
       record = op.random_map(record, rng)
     videos.append(record['video'])
     conds.append(record.get('cond'))
-  videos = np.stack(videos)
-  cond = None if conds[0] is None else np.stack(conds[:num_videos])
-  where = 'past the training indices' if start == len(source) else f'{start}..{start + total - 1}'
-  return RealSets(videos[:num_videos], videos[num_videos:], cond, f'{source!r}, records {where}')
+  cond = None if conds[0] is None else np.stack(conds)
+  where = 'past the training indices' if start == len(source) else f'{start}..{start + count - 1}'
+  return np.stack(videos), cond, f'{source!r}, records {where}'
+
+
+def real_sets(cfg, num_videos: int, *, dataset_path: str | None = None, seed: int = 0) -> RealSets:
+  """2 x num_videos held-out real videos of cfg's dataset (or `dataset_path`),
+  cut to the model's frames, size and channels (random windows from `seed`)."""
+  if num_videos < 2:
+    raise EvalError(f'FVD needs at least 2 videos per set, got {num_videos}')
+  total = 2 * num_videos
+
+  def need(size):
+    return (
+      f'FVD of {num_videos} videos needs {total} real ones (two disjoint sets): lower '
+      f'--num-videos to {size // 2} or less, or pass a larger dataset'
+    )
+
+  videos, cond, description = held_out_clips(
+    cfg, total, dataset_path=dataset_path, seed=seed, need=need
+  )
+  cond = None if cond is None else cond[:num_videos]
+  return RealSets(videos[:num_videos], videos[num_videos:], cond, description)
 
 
 class Generator:

@@ -33,8 +33,13 @@ def write_samples(folder: str, videos01: np.ndarray, *, fps: int = 8) -> list[st
   return paths + [grid_path]
 
 
+def grid_frames(videos01: np.ndarray, rows: int) -> np.ndarray:
+  """The videos as the uint8 frames (frames, height, width, channels) of one rows x rows grid."""
+  frames = video_io.to_uint8(np.asarray(videos01), value_range=(0.0, 1.0))
+  return video_io.video_grid(frames, rows)
+
+
 def write_grid(path: str, videos01: np.ndarray, rows: int, *, fps: int = 8) -> str:
   """Writes the videos as one rows x rows grid GIF at `path`."""
-  frames = video_io.to_uint8(np.asarray(videos01), value_range=(0.0, 1.0))
-  video_io.write_gif(path, video_io.video_grid(frames, rows), fps=fps)
+  video_io.write_gif(path, grid_frames(videos01, rows), fps=fps)
   return path

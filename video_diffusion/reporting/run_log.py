@@ -1,4 +1,4 @@
-"""Training metrics: a JSON-lines log, TensorBoard scalars and a loss-curve PNG."""
+"""Training metrics: a JSON-lines log, TensorBoard scalars and images, a loss-curve PNG."""
 
 import json
 import logging
@@ -13,6 +13,22 @@ from video_diffusion.reporting.tensorboard import EventWriter
 logger = logging.getLogger(__name__)
 
 _NON_FINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
+
+# metrics.jsonl names whose TensorBoard tag is not `{tag_prefix}{name}`: a name that
+# starts with one of GROUPS goes to that group, and RENAMED names are as they say.
+GROUPS = {'val_': 'val/'}
+RENAMED = {'fvd': 'eval/fvd'}
+
+
+def tensorboard_tag(name: str, prefix: str = 'train/') -> str:
+  """The TensorBoard tag of metric `name`: 'loss' -> 'train/loss', 'fvd' ->
+  'eval/fvd', 'val_loss_t62' -> 'val/loss_t62'."""
+  if name in RENAMED:
+    return RENAMED[name]
+  for start, group in GROUPS.items():
+    if name.startswith(start):
+      return group + name[len(start) :]
+  return prefix + name
 
 
 def _to_json(value):
@@ -67,9 +83,12 @@ class MetricsLogger:
   Each log() appends one line `{"step", "time" (unix seconds), **metrics}` and flushes it,
   so a crashed process loses nothing already logged. JSON has no NaN/inf: non-finite values
   are written as the strings "NaN", "Infinity" and "-Infinity" (read_metrics turns them back
-  into floats). Every metric also becomes the TensorBoard scalar `{tag_prefix}{name}` when
-  `tensorboard_dir` is set. `results_folder/loss_curve.png` is re-rendered every
-  `plot_every` log() calls and on close().
+  into floats). Every metric also becomes a TensorBoard scalar when `tensorboard_dir` is
+  set, tagged by tensorboard_tag (`{tag_prefix}{name}` but for the val and eval groups),
+  and frames() adds images; tensorboardX writes them from a background thread, all of
+  them by close(), and `purge_step` hides the events of a crashed run from that step on.
+  `results_folder/loss_curve.png` is re-rendered every `plot_every` log() calls and on
+  close().
 
   Resuming appends to an existing metrics.jsonl, and the curve includes the earlier steps.
   The file itself is never rewritten; the curve is de-duplicated with dedupe(): a record
@@ -87,6 +106,7 @@ class MetricsLogger:
     enabled: bool = True,
     tag_prefix: str = 'train/',
     loss_key: str = 'loss',
+    purge_step: int | None = None,
   ):
     self.enabled = enabled
     self.plot_every, self.tag_prefix, self.loss_key = max(int(plot_every), 1), tag_prefix, loss_key
@@ -104,7 +124,7 @@ class MetricsLogger:
     if self._file.tell() > 0 and not self._ends_with_newline():
       self._file.write('\n')  # a crash cut the last line short: keep the next one separate
     if tensorboard_dir is not None:
-      self._writer = EventWriter(tensorboard_dir)
+      self._writer = EventWriter(tensorboard_dir, purge_step=purge_step)
 
   def _ends_with_newline(self) -> bool:
     with open(self.path, 'rb') as f:
@@ -132,7 +152,7 @@ class MetricsLogger:
     self._add_point({k: _from_json(v) for k, v in record.items()})
     if self._writer is not None:
       scalars = {
-        f'{self.tag_prefix}{name}': _from_json(value)
+        tensorboard_tag(name, self.tag_prefix): _from_json(value)
         for name, value in record.items()
         if name not in ('step', 'time')
       }
@@ -148,6 +168,13 @@ class MetricsLogger:
     self._since_plot += 1
     if self._since_plot >= self.plot_every:
       self.plot()
+
+  def frames(self, step: int, tag: str, frames):
+    """Adds uint8 frames (n, height, width, channels) to TensorBoard as one image
+    at `step`, 8 frames a row (nothing without tensorboard_dir)."""
+    if self._writer is not None:
+      self._writer.images(tag, frames, int(step))
+      self._writer.flush()
 
   def plot(self):
     """Re-renders loss_curve.png; a failure is logged, never raised into the training loop."""

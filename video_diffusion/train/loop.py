@@ -19,9 +19,10 @@ from video_diffusion.checkpointing.checkpointer import Checkpointer, CheckpointW
 from video_diffusion.conditions import encoding as conditioning
 from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
 from video_diffusion.data import loader as data_loader
+from video_diffusion.data import video_io
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.eval.evaluate import TrainingEvaluator
-from video_diffusion.inference.gifs import write_grid
+from video_diffusion.inference.gifs import grid_frames
 from video_diffusion.inference.sampling import compile_sample_fn
 from video_diffusion.parallel import distributed, sharding
 from video_diffusion.reporting.progress import ProgressBar
@@ -30,6 +31,7 @@ from video_diffusion.train import setup
 from video_diffusion.train.optimizer import learning_rate_schedule, make_optimizer
 from video_diffusion.train.preemption import Preempted, StopSignals
 from video_diffusion.train.setup import TrainingError
+from video_diffusion.train.validation import Validator
 
 __all__ = ['Preempted', 'TrainResult', 'TrainingDiverged', 'TrainingError', 'train']
 
@@ -105,6 +107,14 @@ class _Run:
         )
       except ValueError as e:  # EvalError, DataError, a sampler that does not fit
         raise TrainingError(f'trainer.eval_every: {e}') from None
+    self.validator = None
+    if t.val_every:
+      try:
+        self.validator = Validator(
+          cfg, self.graphdef, self.constants, shardings.params, self.mesh, self.text_encoder
+        )
+      except ValueError as e:  # EvalError, DataError, MeshError, ConditionError
+        raise TrainingError(f'trainer.val_every: {e}') from None
     if self.is_main:
       dump_config(cfg, os.path.join(self.results_folder, 'config.yaml'))
 
@@ -164,7 +174,9 @@ class _Run:
       self.sample_cond = conditioning.model_condition(self.cfg, raw, self.text_encoder)
     return conditioning.model_condition(self.cfg, batch['cond'], self.text_encoder)
 
-  def write_samples(self) -> str:
+  def write_samples(self) -> tuple[str, np.ndarray | None]:
+    """Samples the periodic grid from the EMA params (every process); process 0
+    writes it as a GIF and returns (its path, the grid's uint8 frames)."""
     rows = self.cfg.trainer.num_sample_rows
     if self.sample_fn is None:
       self.sample_fn = compile_sample_fn(
@@ -177,10 +189,12 @@ class _Run:
     key = jax.random.fold_in(jax.random.key(self.cfg.trainer.seed), self.step)
     videos = self.sample_fn(self.state.ema_params, key, self.sample_cond)
     if not self.is_main:
-      return ''
+      return '', None
     path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return write_grid(path, videos, rows)
+    frames = grid_frames(videos, rows)
+    video_io.write_gif(path, frames)
+    return path, frames
 
 
 def train(
@@ -201,7 +215,12 @@ def train(
   process_count = jax.process_count() if process_count is None else process_count
   start = time.perf_counter()
   run = _Run(cfg, resume_step, process_index, process_count)
-  logger = MetricsLogger(run.results_folder, tensorboard_dir=t.tensorboard_dir, enabled=run.is_main)
+  logger = MetricsLogger(
+    run.results_folder,
+    tensorboard_dir=t.tensorboard_dir,
+    enabled=run.is_main,
+    purge_step=run.step + 1 if run.step else None,  # hides a crashed run's later events
+  )
   bar = ProgressBar(t.train_num_steps, initial=run.step) if run.is_main else None
   loss, start_step, profiling = None, run.step, False
   stops = StopSignals().install()  # SIGTERM, Ctrl-C: finish the step, checkpoint it, stop
@@ -219,6 +238,8 @@ def train(
         fvd = run.evaluator(run.state.ema_params, run.step)  # every process samples
         if fvd is not None:
           logged['fvd'] = fvd
+      if run.validator is not None and run.step % t.val_every == 0:
+        logged.update(run.validator(run.state.params))  # fixed clips, noise and times
       logger.log(run.step, logged)
       epoch_note = run.epoch.warning(run.step)
       if run.is_main and epoch_note:
@@ -228,7 +249,8 @@ def train(
       if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:
         run.save()
       if run.step % t.save_and_sample_every == 0:
-        grid = run.write_samples()  # every process samples; process 0 writes
+        grid, frames = run.write_samples()  # every process samples; process 0 writes
+        logger.frames(run.step, 'samples/grid', frames)
         if run.is_main and t.add_loss_plot:
           logger.plot()
           shutil.copyfile(
