@@ -192,11 +192,14 @@ def test_a_stop_signal_checkpoints_and_resumes_exactly(
 
 def damaged_copy(straight, folder):
   """The straight run's checkpoints copied to `folder`, with step 4's biggest params
-  file cut to half its length; returns (config of folder, the params folder, which
-  is what orbax names: its arrays are entries of one database)."""
+  data file (of the database's `d/` folders, not its JSON metadata, which may be
+  bigger when the arrays are split over several files) cut to half its length;
+  returns (config of folder, the params folder, which is what orbax names: its
+  arrays are entries of one database)."""
   source = os.path.join(straight.trainer.results_folder, 'checkpoints')
   shutil.copytree(source, folder / 'checkpoints')
-  files = [p for p in (folder / 'checkpoints' / '4' / 'params').rglob('*') if p.is_file()]
+  params = folder / 'checkpoints' / '4' / 'params'
+  files = [p for p in params.rglob('*') if p.is_file() and p.parent.name == 'd']
   victim = max(files, key=lambda p: p.stat().st_size)
   with open(victim, 'r+b') as f:
     f.truncate(victim.stat().st_size // 2)
