@@ -45,13 +45,16 @@ def optimised_compiles(request):
   if request.node.get_closest_marker('optimized') is None:
     yield
     return
-  before = jax.config.values['jax_disable_most_optimizations'], os.environ.copy()
+  before = jax.config.values['jax_disable_most_optimizations']
+  variable = os.environ.get('JAX_DISABLE_MOST_OPTIMIZATIONS')
   jax.config.update('jax_disable_most_optimizations', False)
   os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = '0'  # and in the module's subprocesses
   yield
-  jax.config.update('jax_disable_most_optimizations', before[0])
-  os.environ.clear()
-  os.environ.update(before[1])
+  jax.config.update('jax_disable_most_optimizations', before)
+  if variable is None:
+    del os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS']
+  else:
+    os.environ['JAX_DISABLE_MOST_OPTIMIZATIONS'] = variable
 
 
 @pytest.fixture(scope='session')
