@@ -18,6 +18,7 @@ STAGES = [
   'parallel',
   'checkpointing',
   'reporting',
+  'vae',
   'inference',
   'eval',
   'train',

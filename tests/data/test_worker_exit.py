@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_DIT
 
 from video_diffusion.config import config_from_dict
 from video_diffusion.data import loader as data_loader
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow  # subprocesses; left out of `make test-fast`
 
 SHM = '/dev/shm'
 TINY = {
-  'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
-  'diffusion': dict(image_size=16, num_frames=4, channels=1, timesteps=8, loss_type='l2'),
+  **TINY_DIT,
+  'diffusion': dict(TINY_DIT['diffusion'], image_size=16, num_frames=4),
   'trainer': dict(
     train_batch_size=2,
     gradient_accumulate_every=1,

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_DIT
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.config import load_config
@@ -24,8 +24,8 @@ from video_diffusion.train.state import init_train_state
 pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
 
 TINY = {
-  'unet': dict(dim=8, dim_mults=[1, 2], channels=1, attn_heads=2, attn_dim_head=8),
-  'diffusion': dict(image_size=8, num_frames=3, channels=1, timesteps=8, loss_type='l2'),
+  **TINY_DIT,
+  'diffusion': dict(TINY_DIT['diffusion'], image_size=8, num_frames=3),
   'trainer': dict(
     train_batch_size=4,
     gradient_accumulate_every=1,
@@ -96,7 +96,8 @@ def two_process_run(tmp_path_factory):
 
 
 def one_process_reference(cfg):
-  """Three steps in this process on the concatenation of both processes' batches."""
+  """(state, losses, initial params): three steps in this process on the
+  concatenation of both processes' batches."""
   t = cfg.trainer
   graphdef, params, constants = split_diffusion(cfg)
   tx = make_optimizer(t)
@@ -111,12 +112,19 @@ def one_process_reference(cfg):
     videos = np.concatenate([next(loader)['video'] for loader in loaders])
     state, metrics = step(state, videos)
     losses.append(float(metrics['loss']))
-  return state, losses
+  return state, losses, params
 
 
 def test_two_processes_agree_with_one(two_process_run):
   cfg, results = two_process_run
-  reference, ref_losses = one_process_reference(cfg)
+  reference, ref_losses, initial = one_process_reference(cfg)
+  moved = np.concatenate(
+    [
+      (np.asarray(a) != np.asarray(b)).ravel()
+      for a, b in zip(*map(jax.tree.leaves, (reference.params, initial)))
+    ]
+  )
+  assert moved.mean() > 0.9  # the DiT's zero-initialised gates no longer hold the others still
   rows = [json.loads(line) for line in (results / 'metrics.jsonl').read_text().splitlines()]
   losses = [r['loss'] for r in rows if 'loss' in r]
   assert len(losses) == 3  # written once (by process 0), resumed run appended step 3

@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from video_diffusion.config.registry import model_sections
+from video_diffusion.config.vae import MODEL_KIND
 
 _READ_ONLY_NOTICES = ('Given directory is read only', 'CheckpointManagerOptions.read_only=True')
 
@@ -63,10 +64,19 @@ def _read_error(error: BaseException) -> BaseException | None:
 
 def model_mismatch(current: dict, saved: dict) -> str | None:
   """'section.key=saved vs current' for the first model key where two config
-  dicts differ, or None when the models agree. The model keys are those of unet,
-  diffusion and the own section of either backbone (config.registry.BACKBONES)."""
-  backbones = (current['diffusion'].get('backbone'), saved.get('diffusion', {}).get('backbone'))
-  for section in model_sections(*backbones):
+  dicts differ, or None when the models agree. A train-vae run's dict names its
+  kind (config.vae.MODEL_KIND) and its model keys are the vae section's; a
+  diffusion model's are those of unet, diffusion and the own section of either
+  backbone (config.registry.BACKBONES)."""
+  kinds = [d.get(MODEL_KIND, 'diffusion') for d in (saved, current)]
+  if kinds[0] != kinds[1]:
+    return f'the checkpoint holds a {kinds[0]} model, the config describes a {kinds[1]} model'
+  if kinds[0] == 'vae':
+    sections = ['vae']
+  else:
+    backbones = (current['diffusion'].get('backbone'), saved.get('diffusion', {}).get('backbone'))
+    sections = model_sections(*backbones)
+  for section in sections:
     for key, value in current.get(section, {}).items():
       old = saved.get(section, {}).get(key, value)
       if old != value:

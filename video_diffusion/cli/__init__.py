@@ -1,6 +1,8 @@
-"""Command line: `video-diffusion train|sample|eval|prepare` (and `python train.py|sample.py`).
+"""Command line: `video-diffusion train|sample|eval|prepare|train-vae|eval-vae`
+(and `python train.py|sample.py`).
 
-`parsers` has the flags, `commands` what each command does with them.
+`parsers` has the flags, `commands` what each command does with them; `vae`
+both, for the video autoencoder's commands.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ import sys
 
 from video_diffusion.cli.commands import STANDALONE, run_eval, run_prepare, run_sample, run_train
 from video_diffusion.cli.parsers import eval_parser, prepare_parser, sample_parser, train_parser
+from video_diffusion.cli.vae import eval_vae_parser, run_eval_vae, run_train_vae, train_vae_parser
 
 __all__ = [
   'COMMANDS',
   'entry',
   'eval_parser',
+  'eval_vae_parser',
   'main',
   'prepare_parser',
   'sample_parser',
   'train_parser',
+  'train_vae_parser',
 ]
 
 COMMANDS = {
@@ -26,6 +31,8 @@ COMMANDS = {
   'sample': (sample_parser, run_sample),
   'eval': (eval_parser, run_eval),
   'prepare': (prepare_parser, run_prepare),
+  'train-vae': (train_vae_parser, run_train_vae),
+  'eval-vae': (eval_vae_parser, run_eval_vae),
 }
 
 
@@ -34,7 +41,8 @@ def main(argv: list[str] | None = None) -> None:
   STANDALONE['on'] = argv is None
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(
-    prog='video-diffusion', description='Video diffusion in JAX: train, sample, evaluate.'
+    prog='video-diffusion',
+    description='Video diffusion in JAX: train, sample, evaluate; and a video autoencoder.',
   )
   sub = parser.add_subparsers(dest='command', required=True, metavar=f'{{{",".join(COMMANDS)}}}')
   for name, (make, _) in COMMANDS.items():

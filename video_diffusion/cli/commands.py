@@ -59,30 +59,38 @@ def _config(path: str, overrides: list[str]):
 
 
 def run_train(args: argparse.Namespace) -> None:
-  from video_diffusion.config import ConfigError
-
   overrides = list(args.overrides)
   if args.rng_seed is not None:
     overrides.append(f'trainer.seed={args.rng_seed}')
   cfg = _config(args.config, overrides)
   _use_allocator(args.malloc)
   _set_up_jax()
-  from video_diffusion.data.errors import DataError
   from video_diffusion.parallel import distributed
   from video_diffusion.runtime import runtime_info
   from video_diffusion.train import loop as trainer
-  from video_diffusion.train.preemption import INTERRUPTED_EXIT_STATUS
 
   try:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   except ValueError as e:
     _fail(str(e))
   runtime_info.print_startup()
+  train_and_report(trainer.train, cfg, args.resume_step)
+
+
+def train_and_report(train, cfg, resume_step: int | None) -> None:
+  """Runs `train(cfg, resume_step=...)` (train.loop.train or train.vae_loop.train_vae)
+  and prints its last line; bad input ends in one `error:` line, a stop signal in
+  the preempted / interrupted line and its exit status."""
+  from video_diffusion.config import ConfigError
+  from video_diffusion.data.errors import DataError
+  from video_diffusion.train.preemption import INTERRUPTED_EXIT_STATUS, Preempted
+  from video_diffusion.train.setup import TrainingError
+
   try:
-    result = trainer.train(cfg, resume_step=args.resume_step)
-  except (ConfigError, DataError, trainer.TrainingError) as e:
+    result = train(cfg, resume_step=resume_step)
+  except (ConfigError, DataError, TrainingError) as e:
     _fail(str(e))
-  except trainer.Preempted as e:
+  except Preempted as e:
     print(f'\n{e.kind}: {e}', file=sys.stderr)
     sys.exit(e.exit_status)
   except KeyboardInterrupt:

@@ -20,19 +20,36 @@ def default_config() -> str:
   return str(importlib.resources.files('video_diffusion.config') / 'demo.yaml')
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     'overrides',
     nargs='*',
     metavar='section.key=value',
     help='change any config key, e.g. trainer.train_num_steps=300 unet.dim_mults=[1,2]',
   )
+  add_malloc(parser)
+
+
+def add_malloc(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     '--malloc',
     choices=MALLOC_CHOICES,
     default='auto',
     help='CPU memory allocator to preload (auto: mimalloc, installed with '
     'the package; much faster XLA on CPU). Default: auto.',
+  )
+
+
+def add_resume_step(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument(
+    '--resume_step',
+    '--resume-step',
+    type=int,
+    default=None,
+    metavar='N',
+    help='resume from the checkpoint of step N; -1 = the newest (or start '
+    'afresh if there is none); 0 = start afresh, refused if the checkpoint '
+    'folder has checkpoints (default: trainer.resume_training_step).',
   )
 
 
@@ -120,16 +137,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     metavar='N',
     help='seed of data order, noise and timesteps (sets trainer.seed).',
   )
-  parser.add_argument(
-    '--resume_step',
-    '--resume-step',
-    type=int,
-    default=None,
-    metavar='N',
-    help='resume from the checkpoint of step N; -1 = the newest (or start '
-    'afresh if there is none); 0 = start afresh, refused if the checkpoint '
-    'folder has checkpoints (default: trainer.resume_training_step).',
-  )
+  add_resume_step(parser)
   hosts = parser.add_argument_group(
     'multi-process (jax.distributed; the same command on every process)'
   )
@@ -153,7 +161,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     metavar='I',
     help='this process, 0..N-1 (or JAX_PROCESS_ID).',
   )
-  _add_common(parser)
+  add_common(parser)
   return parser
 
 
@@ -247,7 +255,7 @@ def sample_parser(prog: str | None = None) -> argparse.ArgumentParser:
     'with a model trained without diffusion.frame_conditioning; 0 = '
     'plain replacement (default).',
   )
-  _add_common(parser)
+  add_common(parser)
   return parser
 
 
@@ -293,7 +301,7 @@ def eval_parser(prog: str | None = None) -> argparse.ArgumentParser:
     metavar='FILE.json',
     help='result file (default: <results_folder>/eval/fvd-step<N>-<sampler><steps>[-ema].json).',
   )
-  _add_common(parser)
+  add_common(parser)
   return parser
 
 

@@ -1,8 +1,9 @@
 """YAML run configs for train.py and sample.py: schema, loading, validation.
 
-A config file has up to four sections, `unet` (Unet3D arguments), `diffusion`
-(GaussianDiffusion arguments), `dit` (the transformer backbone) and `trainer`
-(the training loop). Every key has
+A config file has up to six sections, `unet` (Unet3D arguments), `diffusion`
+(GaussianDiffusion arguments), `dit` (the transformer backbone), `trainer`
+(the training loop), `vae` (the video autoencoder, diffusers' config.json keys)
+and `vae_trainer` (its training loss and measurements). Every key has
 a default; a file names only what it changes. `load_config` checks the whole
 config (names, types, ranges, agreement between sections) before any work
 starts and raises `ConfigError` naming the file and the key. This module does
@@ -29,6 +30,7 @@ from video_diffusion.config.registry import (
   sampler_misfit,
 )
 from video_diffusion.config.schema import SECTIONS, Config
+from video_diffusion.config.vae import MODEL_KIND
 
 
 class ConfigError(ValueError):
@@ -102,22 +104,49 @@ def _got(v: Any) -> str:
   return 'got null' if v is None else f'got {v!r} ({type(v).__name__})'
 
 
+_WORDS = {int: 'an int', float: 'a float', bool: 'a bool', str: 'a str'}
+_LIST_WORDS = {int: 'a list of ints', float: 'a list of numbers', bool: 'a list of bools'}
+_KINDS = {int: 'int', float: 'float', bool: 'bool', str: 'str'}
+
+
+def _item_type(base: Any) -> Any:
+  """X of a tuple[X, ...] type, else None."""
+  return typing.get_args(base)[0] if typing.get_origin(base) is tuple else None
+
+
+def _coerce_one(v: Any, base: Any) -> tuple[Any, bool]:
+  """(v, an int widened to float, whether it is a `base`)."""
+  if base is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+    return float(v), True
+  return v, type(v) is base
+
+
 def _coerce(v: Any, base: Any, nullable: bool) -> tuple[Any, str | None]:
   """(value with ints widened to float and lists to tuples, None) or (v, error)."""
   if v is None and nullable:
     return v, None
-  if base is float and isinstance(v, (int, float)) and not isinstance(v, bool):
-    return float(v), None if math.isfinite(v) else f'must be a finite number, got {v!r}'
-  if (
-    base == tuple[int, ...]
-    and isinstance(v, (list, tuple))
-    and all(isinstance(m, int) and not isinstance(m, bool) for m in v)
-  ):
-    return tuple(v), None
-  if base in (bool, int, str) and type(v) is base:
-    return v, None
-  word = {int: 'an int', float: 'a float', bool: 'a bool', str: 'a str'}.get(base, 'a list of ints')
+  item = _item_type(base)
+  if item is None:
+    value, ok = _coerce_one(v, base)
+    numbers = [value]
+  else:
+    pairs = [_coerce_one(m, item) for m in v] if isinstance(v, (list, tuple)) else [(v, False)]
+    value, ok = tuple(m for m, _ in pairs), all(fits for _, fits in pairs)
+    numbers = list(value)
+  if ok and not all(math.isfinite(m) for m in numbers if isinstance(m, float)):
+    word = 'a finite number' if item is None else 'a list of finite numbers'
+    return v, f'must be {word}, got {v!r}'
+  if ok:
+    return value, None
+  word = _WORDS.get(base, str(base)) if item is None else _LIST_WORDS.get(item, str(base))
   return v, f'must be {word}{" or null" if nullable else ""}, {_got(v)}'
+
+
+def _kind(base: Any) -> str:
+  """'int', 'list[float]', ... for the key table."""
+  item = _item_type(base)
+  name = lambda t: _KINDS.get(t, getattr(t, '__name__', str(t)))
+  return name(base) if item is None else f'list[{name(item)}]'
 
 
 def _suggest(section: str | None, key: str | None) -> str:
@@ -151,7 +180,10 @@ def _build_section(section: str, data: dict, where: Callable[[str], str]):
     if value is not None and check is not None and (msg := check(value)):
       raise ConfigError(f'{where(f.name)}: {full} {msg}')
     values[f.name] = value
-  return cls(**values)
+  try:
+    return cls(**values)
+  except ValueError as e:  # a check of the section as a whole (VAEConfig's)
+    raise ConfigError(f'{where(None)}: {section}: {e}') from None
 
 
 def _disagree(where: str, a: str, av: Any, b: str, bv: Any, fix: str) -> ConfigError:
@@ -305,6 +337,12 @@ def config_from_dict(
     body = {} if body is None else body
     if not isinstance(body, dict):
       raise ConfigError(f'{source}: section {section} must be a mapping of keys, {_got(body)}')
+    own_keys = getattr(SECTIONS[section], 'own_keys', None)  # the vae section's metadata
+    if own_keys is not None:
+      try:
+        body = own_keys(body)
+      except ValueError as e:
+        raise ConfigError(f'{source}: {section}: {e}') from None
     for key in body:
       if key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
         where = key_sources.get((section, key), source)
@@ -374,6 +412,12 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
   return out
 
 
+def config_of_checkpoint(saved: dict, source: str = '<checkpoint>') -> Config:
+  """The Config of the config dict a checkpoint holds (config_to_dict's, and for
+  a train-vae run its MODEL_KIND key, left out here)."""
+  return config_from_dict({k: v for k, v in saved.items() if k != MODEL_KIND}, source)
+
+
 def dump_config(cfg: Config, path: str | os.PathLike | None = None) -> str:
   """The resolved config as YAML text; also written to `path` when given."""
   text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)
@@ -396,7 +440,7 @@ def config_keys() -> list[tuple[str, str, str, Any, str]]:
   for section, cls in SECTIONS.items():
     for f in dataclasses.fields(cls):
       base, nullable = _type_of(cls, f.name)
-      kind = {int: 'int', float: 'float', bool: 'bool', str: 'str'}.get(base, 'list[int]')
+      kind = _kind(base)
       default = list(f.default) if isinstance(f.default, tuple) else f.default
       rows.append(
         (section, f.name, kind + (' or null' if nullable else ''), default, f.metadata['help'])

@@ -54,3 +54,14 @@ class DataSpec:
       image_dataset_path=t.image_dataset_path or None,
       image_fraction=t.image_fraction,
     )
+
+  def videos_only(self) -> DataSpec:
+    """The same clips without conditions or co-training image stacks (what a
+    video autoencoder trains on)."""
+    return dataclasses.replace(
+      self,
+      condition=ConditionSpec(),
+      path_as_cond=False,
+      image_dataset_path=None,
+      image_fraction=0.0,
+    )

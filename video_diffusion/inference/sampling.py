@@ -18,6 +18,7 @@ from video_diffusion.config.schema import default_cond_frames
 from video_diffusion.data import video_io
 from video_diffusion.data.preprocess import Preprocess
 from video_diffusion.diffusion.samplers import Sampler
+from video_diffusion.parallel import compiled as compiled_fns
 from video_diffusion.parallel import distributed, sharding
 
 
@@ -63,7 +64,10 @@ def compile_sample_fn(
       sharding=videos_sharding,
     )
 
-  compiled = jax.jit(run, out_shardings=videos_sharding)
+  key = ('sample', graphdef, compiled_fns.fingerprint(constants), padded, sampler, cond_scale)
+  compiled = compiled_fns.reuse(
+    key + (recon_guidance, mesh), lambda: jax.jit(run, out_shardings=videos_sharding)
+  )
 
   def to_mesh(array):
     """A per-video array, padded by repeating its last row, split over the mesh."""

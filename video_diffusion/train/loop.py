@@ -6,69 +6,35 @@ in the pure `train_step`, this module only orchestrates and does the I/O.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
-import sys
 import time
 
 import jax
 import numpy as np
 
-from video_diffusion.checkpointing.checkpointer import Checkpointer, CheckpointWriteError
 from video_diffusion.conditions import encoding as conditioning
-from video_diffusion.config import Config, config_to_dict, dump_config, resolved_checkpoint_dir
+from video_diffusion.config import Config, dump_config
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data import video_io
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.eval.evaluate import TrainingEvaluator
 from video_diffusion.inference.gifs import grid_frames
 from video_diffusion.inference.sampling import compile_sample_fn
-from video_diffusion.parallel import distributed, sharding
-from video_diffusion.reporting.progress import ProgressBar
+from video_diffusion.parallel import sharding
 from video_diffusion.reporting.run_log import MetricsLogger
 from video_diffusion.train import setup
 from video_diffusion.train.optimizer import learning_rate_schedule, make_optimizer
-from video_diffusion.train.preemption import Preempted, StopSignals
+from video_diffusion.train.preemption import Preempted
+from video_diffusion.train.run import Run, TrainingDiverged, TrainResult, run_loop
 from video_diffusion.train.setup import TrainingError
 from video_diffusion.train.validation import Validator
 
 __all__ = ['Preempted', 'TrainResult', 'TrainingDiverged', 'TrainingError', 'train']
 
 
-class TrainingDiverged(TrainingError):
-  """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-  """What a finished (or stopped) run leaves behind."""
-
-  step: int
-  loss: float | None
-  results_folder: str
-  checkpoint_dir: str
-  checkpoint_steps: list[int]
-  wall_s: float
-
-
-class _Run:
-  """The state of one training job between steps; `train_one_step` advances it."""
-
-  def __init__(self, cfg: Config, resume_step: int, process_index: int, process_count: int):
-    t = cfg.trainer
-    self.cfg = cfg
-    self.is_main = process_index == 0
-    self.process_count = process_count
-    self.results_folder = os.path.abspath(t.results_folder)
-    self.ckpt_dir = resolved_checkpoint_dir(cfg)
-    os.makedirs(self.results_folder, exist_ok=True)
-    self.ckpt = Checkpointer(self.ckpt_dir, max_to_keep=t.max_to_keep)
-    try:
-      self._start(resume_step, process_index, process_count)
-    except BaseException:
-      self.ckpt.close()
-      raise
+class _Run(Run):
+  """A diffusion model's training job between steps; `train_one_step` advances it."""
 
   def _start(self, resume_step: int, process_index: int, process_count: int) -> None:
     cfg, t = self.cfg, self.cfg.trainer
@@ -87,9 +53,10 @@ class _Run:
     self.state, self.batches = setup.restore_or_init(
       self.ckpt, cfg, resume_step, params, tx, shardings, loader, process_index, process_count
     )
-    self.step = int(self.state.step)
+    self.step = self.start_step = int(self.state.step)
     self.data_state = data_loader.iterator_state(self.batches)  # after the batches of self.step
     self.last_saved = self.step if resume_step != 0 else None
+    self.profiling = False
     self.train_step = setup.compile_train_step(
       cfg, self.graphdef, self.constants, tx, schedule, shardings, self.mesh
     )
@@ -132,33 +99,44 @@ class _Run:
     self.state, metrics = self.train_step(self.state, videos, cond, images)
     metrics = jax.device_get(metrics)
     del batch, videos, cond, images  # grain's shared memory: not kept alive by an error below
-    metrics['step_time'] = time.perf_counter() - tick
-    if not metrics['finite']:
-      kept = (
-        f'the last checkpoint (step {self.last_saved}) is kept'
-        if self.last_saved is not None
-        else 'no checkpoint had been written yet'
-      )
-      raise TrainingDiverged(
-        f'loss is {float(metrics["loss"])} (grad norm {float(metrics["grad_norm"])}) at '
-        f'step {self.step + 1}; training stopped and {kept} in {self.ckpt_dir}. Lower '
-        'trainer.train_lr, set trainer.max_grad_norm, or add trainer.warmup_steps, then '
-        'resume with --resume_step -1'
-      )
-    self.step += 1
-    self.data_state = data_loader.iterator_state(self.batches)
-    return metrics
+    return self.finish_step(metrics, tick)
 
-  def save(self) -> None:
-    """Starts an asynchronous save of the state (unless this step is saved); every
-    process takes part, and the data-iterator state of each is kept."""
-    step = int(self.state.step)
-    if self.last_saved != step:
-      data_state = self.data_state
-      if self.process_count > 1:
-        data_state = {'processes': distributed.gather_json(data_state)}
-      self.ckpt.save(self.state, data_state=data_state, config=config_to_dict(self.cfg))
-      self.last_saved = step
+  def measure(self, metrics: dict) -> dict:
+    """The step's metrics, with the FVD and validation loss when due."""
+    t, logged = self.cfg.trainer, super().measure(metrics)
+    if self.evaluator is not None and self.step % t.eval_every == 0:
+      fvd = self.evaluator(self.state.ema_params, self.step)  # every process samples
+      if fvd is not None:
+        logged['fvd'] = fvd
+    if self.validator is not None and self.step % t.val_every == 0:
+      logged.update(self.validator(self.state.params))  # fixed clips, noise and times
+    return logged
+
+  def after_step(self, logger: MetricsLogger) -> None:
+    """The sample grid (and loss-curve copy) when due; the profiler trace from the
+    second step on (the first one compiles) to trainer.profile_flush_step."""
+    t = self.cfg.trainer
+    if self.step % t.save_and_sample_every == 0:
+      grid, frames = self.write_samples()  # every process samples; process 0 writes
+      logger.frames(self.step, 'samples/grid', frames)
+      if self.is_main and t.add_loss_plot:
+        logger.plot()
+        shutil.copyfile(
+          logger.plot_path, os.path.join(os.path.dirname(grid), f'loss-{self.step}.png')
+        )
+    if self.profiling and self.step >= t.profile_flush_step:
+      self.ckpt.wait()  # no checkpoint thread still writing while the trace stops
+      jax.profiler.stop_trace()
+      self.profiling = False
+    flush = t.profile_flush_step
+    if flush and self.step == self.start_step + 1 and self.step < flush:
+      jax.profiler.start_trace(os.path.join(self.results_folder, 'profile'))
+      self.profiling = True
+
+  def close(self) -> None:
+    if self.profiling:
+      jax.profiler.stop_trace()
+      self.profiling = False
 
   def condition(self, batch: dict):
     """The model's condition of a data batch (None for an unconditional model);
@@ -214,82 +192,4 @@ def train(
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   start = time.perf_counter()
-  run = _Run(cfg, resume_step, process_index, process_count)
-  logger = MetricsLogger(
-    run.results_folder,
-    tensorboard_dir=t.tensorboard_dir,
-    enabled=run.is_main,
-    purge_step=run.step + 1 if run.step else None,  # hides a crashed run's later events
-  )
-  bar = ProgressBar(t.train_num_steps, initial=run.step) if run.is_main else None
-  loss, start_step, profiling = None, run.step, False
-  stops = StopSignals().install()  # SIGTERM, Ctrl-C: finish the step, checkpoint it, stop
-  try:
-    while run.step < t.train_num_steps:
-      metrics = run.train_one_step()
-      loss = float(metrics['loss'])
-      logged = {
-        'loss': loss,
-        'lr': float(metrics['lr']),
-        'grad_norm': float(metrics['grad_norm']),
-        'step_time': metrics['step_time'],
-      }
-      if run.evaluator is not None and run.step % t.eval_every == 0:
-        fvd = run.evaluator(run.state.ema_params, run.step)  # every process samples
-        if fvd is not None:
-          logged['fvd'] = fvd
-      if run.validator is not None and run.step % t.val_every == 0:
-        logged.update(run.validator(run.state.params))  # fixed clips, noise and times
-      logger.log(run.step, logged)
-      epoch_note = run.epoch.warning(run.step)
-      if run.is_main and epoch_note:
-        print(epoch_note, file=sys.stderr)
-      if bar is not None:
-        bar.update(run.step, loss=loss)
-      if run.step % t.checkpoint_every_steps == 0 or run.step == t.train_num_steps:
-        run.save()
-      if run.step % t.save_and_sample_every == 0:
-        grid, frames = run.write_samples()  # every process samples; process 0 writes
-        logger.frames(run.step, 'samples/grid', frames)
-        if run.is_main and t.add_loss_plot:
-          logger.plot()
-          shutil.copyfile(
-            logger.plot_path, os.path.join(os.path.dirname(grid), f'loss-{run.step}.png')
-          )
-      if profiling and run.step >= t.profile_flush_step:
-        run.ckpt.wait()  # no checkpoint thread still writing while the trace stops
-        jax.profiler.stop_trace()
-        profiling = False
-      if t.profile_flush_step and run.step == start_step + 1 and run.step < t.profile_flush_step:
-        jax.profiler.start_trace(os.path.join(run.results_folder, 'profile'))
-        profiling = True  # from the second step on: the first one compiles
-      if stops.stop_requested(run.process_count):
-        run.save()
-        raise Preempted(stops.received, run.step, run.ckpt_dir)
-  except KeyboardInterrupt:
-    run.save()
-    raise Preempted('SIGINT', run.step, run.ckpt_dir) from None
-  except CheckpointWriteError as e:
-    raise TrainingError(str(e)) from None
-  finally:
-    stops.restore()
-    if profiling:
-      jax.profiler.stop_trace()
-    if bar is not None:
-      bar.close()
-    logger.close()
-    data_loader.close_iterator(run.batches)
-    run.batches = None  # frees the prefetched batches' shared memory, even while an error
-    # raised here keeps this frame alive (else: "leaked shared_memory objects" at exit)
-    try:
-      run.ckpt.close()  # waits for the last save: its write error surfaces here
-    except CheckpointWriteError as e:
-      raise TrainingError(str(e)) from None
-  return TrainResult(
-    step=run.step,
-    loss=loss,
-    results_folder=run.results_folder,
-    checkpoint_dir=run.ckpt_dir,
-    checkpoint_steps=run.ckpt.steps(),
-    wall_s=time.perf_counter() - start,
-  )
+  return run_loop(_Run(cfg, resume_step, process_index, process_count), start)

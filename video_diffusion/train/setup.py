@@ -22,7 +22,7 @@ from video_diffusion.config import Config, TrainerConfig, config_to_dict
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
-from video_diffusion.parallel import distributed, sharding
+from video_diffusion.parallel import compiled, distributed, sharding
 from video_diffusion.train import step as train_step_lib
 from video_diffusion.train.state import TrainState, init_train_state
 
@@ -57,10 +57,12 @@ def resume_policy(requested: int, existing: list[int], checkpoint_dir: str) -> i
   return requested
 
 
-def training_loader(cfg: Config, process_index: int, process_count: int):
-  """(loader, epoch) of this process: the loader of the run's data
-  (DataSpec.from_config) and an EpochReport of its source."""
-  spec = DataSpec.from_config(cfg)
+def training_loader(
+  cfg: Config, process_index: int, process_count: int, spec: DataSpec | None = None
+):
+  """(loader, epoch) of this process: the loader of the run's data (`spec`, by
+  default DataSpec.from_config) and an EpochReport of its source."""
+  spec = DataSpec.from_config(cfg) if spec is None else spec
   source = make_source(spec)
   loader = data_loader.make_loader(
     spec, process_index=process_index, process_count=process_count, source=source
@@ -78,12 +80,14 @@ def restore_or_init(
   loader,
   process_index: int = 0,
   process_count: int = 1,
+  saved_config: dict | None = None,
 ):
   """(state, batch iterator): fresh at step 0 from `params`, or checkpoint
   `resume_step` restored into `shardings` with the data iterator where it was.
   `params` may be abstract (ShapeDtypeStructs) when resuming. With -1 (the
   newest), a damaged checkpoint is set aside with a warning and the one before
-  it is tried."""
+  it is tried. `saved_config` is the config dict the run saves (by default
+  config_to_dict(cfg)), whose model the checkpoint's must match."""
   seed = cfg.trainer.seed
   if resume_step == 0:
     return jax.device_put(init_train_state(params, tx, seed), shardings), iter(loader)
@@ -97,7 +101,8 @@ def restore_or_init(
     steps = ckpt.steps()[::-1]
   for step in steps:
     try:
-      mismatch = model_mismatch(config_to_dict(cfg), ckpt.restore_config(step))
+      current = config_to_dict(cfg) if saved_config is None else saved_config
+      mismatch = model_mismatch(current, ckpt.restore_config(step))
       if mismatch:
         raise TrainingError(
           f'cannot resume from step {step} in {ckpt.directory}: '
@@ -139,19 +144,24 @@ def compile_train_step(cfg: Config, graphdef, constants, tx, schedule, state_sha
   step also takes the condition batch, a co-training one the image flags."""
   has_cond = condition_kind(cfg) is not None
   options = train_step_lib.StepOptions.from_config(cfg)
-  step_fn = train_step_lib.make_train_step(graphdef, constants, tx, options, schedule)
   batch_sharding = sharding.batch_sharding(mesh)
-  return jax.jit(
-    step_fn,
-    donate_argnums=0,
-    in_shardings=(
-      state_shardings,
-      batch_sharding,
-      batch_sharding if has_cond else None,
-      batch_sharding if options.cotrain else None,
-    ),
-    out_shardings=(state_shardings, sharding.replicated(mesh)),
-  )
+
+  def build():
+    return jax.jit(
+      train_step_lib.make_train_step(graphdef, constants, tx, options, schedule),
+      donate_argnums=0,
+      in_shardings=(
+        state_shardings,
+        batch_sharding,
+        batch_sharding if has_cond else None,
+        batch_sharding if options.cotrain else None,
+      ),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+    )
+
+  # tx and schedule are the same objects for the same settings (optimizer.py).
+  key = ('train_step', graphdef, compiled.fingerprint(constants), tx, schedule, options)
+  return compiled.reuse(key + (has_cond, mesh, compiled.shardings_key(state_shardings)), build)
 
 
 def state_shardings_of(params, tx, seed: int, mesh: Mesh) -> TrainState:

@@ -119,6 +119,48 @@ def update_ema(ema_params, params, step: jax.Array, o: StepOptions):
   return jax.tree.map(one, ema_params, params)
 
 
+def accumulate_gradients(grad_fn: Callable, params, parts: list[tuple]):
+  """(values, gradients) of `grad_fn(params, *part) -> (value, grads)` averaged over
+  the micro-batches `parts` (a value may be a pytree, each leaf averaged).
+
+  A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
+  a while loop (lax.scan) about 5x slower.
+  """
+  grads, values = None, []
+  for part in parts:
+    value, g = grad_fn(params, *part)
+    grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    values.append(value)
+  grads = jax.tree.map(lambda g: g / len(parts), grads)
+  return jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *values), grads
+
+
+def apply_gradients(
+  state: TrainState,
+  loss: jax.Array,
+  grads,
+  tx: optax.GradientTransformation,
+  options: StepOptions,
+  schedule: optax.Schedule | None = None,
+) -> tuple[TrainState, dict]:
+  """The optimiser step and EMA update of `grads`; a non-finite loss or gradient
+  leaves the state as it was (the loop stops on metrics['finite']). Returns
+  (state, metrics: loss, grad_norm, finite and, given the schedule, lr)."""
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = update_ema(state.ema_params, params, state.step, options)
+  stepped = TrainState(
+    step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state, rng=state.rng
+  )
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
+  metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite}
+  if schedule is not None:
+    metrics['lr'] = schedule(state.step)
+  return new_state, metrics
+
+
 def make_train_step(
   graphdef: nnx.GraphDef,
   constants,
@@ -169,36 +211,16 @@ def make_train_step(
       draws['null'] = draws['null'] | images
       draws['frames'] = draws['frames'] & ~images[:, None]
 
-    # A Python loop, unrolled at trace time: XLA on CPU runs convolutions inside
-    # a while loop (lax.scan) about 5x slower.
     size = batch // options.accumulate
-    grads, losses = None, []
-    for i in range(options.accumulate):
-      part = slice(i * size, (i + 1) * size)
-      loss, g = grad_fn(
-        state.params,
-        videos[part],
-        None if cond is None else cond[part],
-        jax.tree.map(lambda a, part=part: a[part], draws),
+    parts = [
+      (
+        videos[i * size : (i + 1) * size],
+        None if cond is None else cond[i * size : (i + 1) * size],
+        jax.tree.map(lambda a, i=i: a[i * size : (i + 1) * size], draws),
       )
-      grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-      losses.append(loss)
-    grads = jax.tree.map(lambda g: g / options.accumulate, grads)
-    loss = jnp.mean(jnp.stack(losses))
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = update_ema(state.ema_params, params, state.step, options)
-    stepped = TrainState(
-      step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state, rng=state.rng
-    )
-    # A non-finite loss leaves the state as it was; the loop stops on `finite`.
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
-    metrics = {'loss': loss, 'grad_norm': grad_norm, 'finite': finite}
-    if schedule is not None:
-      metrics['lr'] = schedule(state.step)
-    return new_state, metrics
+      for i in range(options.accumulate)
+    ]
+    loss, grads = accumulate_gradients(grad_fn, state.params, parts)
+    return apply_gradients(state, loss, grads, tx, options, schedule)
 
   return train_step
