@@ -6,9 +6,11 @@ ours (JAX) against diffusers' AutoencoderKLWan (PyTorch), both float32 on the CP
       [--config tests/fixtures/vae/wan21_config.json]
 
 By default the full Wan 2.1 config, with random weights (ours: WanVAE(config,
-rngs=nnx.Rngs(0)); theirs: diffusers' own initialisation); a smoke test in well
-under a minute: --config tests/fixtures/vae/wan_like/config.json --size 64
+rngs=nnx.Rngs(0)); theirs: diffusers' own initialisation); it ran for about an
+hour on 2 cores (docs/performance.md). A smoke test in about two minutes, mostly
+JAX compiling: --config tests/fixtures/vae/wan_like/config.json --size 64
 --frames 5 --tile 32 --stride 24.
+
 Encode takes a random (1, frames, size, size, 3) video, decode random latents of
 the matching shape. Each (operation, tiles, backend) runs in a fresh subprocess
 (`--one`), so its peak resident memory (ru_maxrss) is its own; the table gives it
@@ -174,7 +176,7 @@ def main() -> None:
   if args.one:
     return run_one(args)
   backends = [b for b in args.backends.split(',') if b]
-  rows, versions = [], {}
+  rows, versions, started = [], {}, time.strftime('%Y-%m-%d %H:%M', time.gmtime())
   for operation in OPERATIONS:
     for tiled in (False, True):
       tiles = f'{args.tile} every {args.stride}' if tiled else 'none'
@@ -187,7 +189,7 @@ def main() -> None:
   head += ['RSS built (GB)', 'peak RSS (GB)', 'peak - built (GB)', 'load avg']
   print(f'\n`python {" ".join(sys.argv)}`\n')
   print(
-    f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, {cpu_model()} '
+    f'{started} to {time.strftime("%H:%M UTC", time.gmtime())}, {cpu_model()} '
     f'({os.cpu_count()} CPUs), {args.frames} frames of {args.size}x{args.size}, '
     f'{"; ".join(f"{b}: {v}" for b, v in versions.items())}\n'
   )
