@@ -33,8 +33,13 @@ demo-fvd: setup
 # built once): XLA compiles one program per core.
 TEST_WORKERS ?= 2
 
-# The fast subset first (a quick verdict), then the rest.
-test: test-fast
+# The fast subset first (a quick verdict), then the rest, sharing one XLA
+# compilation cache (tests/conftest.py makes one per session otherwise).
+test: setup
+	@export VIDEO_DIFFUSION_TEST_CACHE="$$(mktemp -d)"; \
+	trap 'rm -rf "$$VIDEO_DIFFUSION_TEST_CACHE"' EXIT; \
+	set -x; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" && \
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m slow
 
 # Everyday subset: everything but the tests marked slow (end-to-end runs, subprocesses).

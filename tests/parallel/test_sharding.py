@@ -66,8 +66,7 @@ def eight_devices_dit():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  'model, mesh',
-  [('unet3d', '8x1'), ('unet3d', '4x2'), ('unet3d', '2x4'), ('dit', '8x1'), ('dit', '4x2')],
+  'model, mesh', [('unet3d', '4x2'), ('unet3d', '2x4'), ('dit', '8x1'), ('dit', '4x2')]
 )
 def test_one_step_on_a_mesh_equals_one_device(request, model, mesh):
   """Same loss and updated params as one device, up to float32 reduction order:
@@ -101,9 +100,7 @@ def test_checkpoints_restore_on_another_mesh(eight_devices, direction, devices, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-  'model, mesh', [('unet3d', '8x1'), ('unet3d', '4x2'), ('dit', '8x1'), ('dit', '4x2')]
-)
+@pytest.mark.parametrize('model, mesh', [('unet3d', '4x2'), ('dit', '8x1'), ('dit', '4x2')])
 def test_sampling_is_split_over_the_devices(request, model, mesh):
   """Same videos as one device (float32 reduction order: within 1e-4), and each
   device holds about an eighth of the sampler's scratch memory."""
@@ -117,7 +114,7 @@ def test_sampling_is_split_over_the_devices(request, model, mesh):
 
 
 @pytest.mark.slow
-def test_a_sampling_batch_that_does_not_split_is_padded(eight_devices):
-  r = eight_devices['sampling']['3_on_8']
+def test_a_sampling_batch_that_does_not_split_is_padded(eight_devices_dit):
+  r = eight_devices_dit['sampling']['3_on_8']
   assert r['shape'] == [3, 3, 8, 8, 1] and r['padded'] == 8
   assert r['diff'] < 1e-4

@@ -24,10 +24,28 @@ def _triple(value) -> tuple[int, int, int]:
   return tuple(value) if isinstance(value, (tuple, list)) else (value,) * 3
 
 
+def conv_frames(x: jax.Array, kernel: jax.Array, stride=(1, 1), padding=((0, 0), (0, 0))):
+  """A 2-D convolution of every frame of (b, f, h, w, c) videos; kernel (kh, kw, c, out)."""
+  b, f = x.shape[:2]
+  y = jax.lax.conv_general_dilated(
+    x.reshape((b * f,) + x.shape[2:]),
+    kernel,
+    tuple(stride),
+    tuple(padding),
+    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
+  return y.reshape((b, f) + y.shape[1:])
+
+
 class CausalConv3d(nnx.Module):
   """WanCausalConv3d: a 3-D convolution padded by (2 * pad_t, 0) frames in time
   (causal) and pad_h, pad_w on both sides; given a cache, its frames come first
-  and take the place of as many padding frames."""
+  and take the place of as many padding frames.
+
+  It runs as one 2-D convolution of each output frame's input frames stacked
+  as channels (the kernel's time taps folded into its input channels): XLA's
+  CPU backend computes a 3-D convolution and its gradients 3 to 6 times slower
+  than the same work as a 2-D one (docs/performance.md)."""
 
   def __init__(self, in_dim: int, out_dim: int, kernel, stride=1, padding=0):
     self.kernel_size, self.stride, self.padding = _triple(kernel), _triple(stride), _triple(padding)
@@ -39,10 +57,14 @@ class CausalConv3d(nnx.Module):
     if cache is not None and pad_t > 0:
       x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
       pad_t -= cache.shape[1]
-    x = jnp.pad(x, ((0, 0), (pad_t, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-    y = jax.lax.conv_general_dilated(
-      x, self.kernel[...], self.stride, 'VALID', dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')
-    )
+    x = jnp.pad(x, ((0, 0), (pad_t, 0), (0, 0), (0, 0), (0, 0)))
+    taps, stride_t = self.kernel_size[0], self.stride[0]
+    frames = (x.shape[1] - taps) // stride_t + 1
+    last = stride_t * (frames - 1) + 1
+    stacked = jnp.concatenate([x[:, tap : tap + last : stride_t] for tap in range(taps)], axis=-1)
+    kh, kw, cin, cout = self.kernel.shape[1:]
+    folded = self.kernel[...].transpose(1, 2, 0, 3, 4).reshape(kh, kw, taps * cin, cout)
+    y = conv_frames(stacked, folded, self.stride[1:], ((pad_h, pad_h), (pad_w, pad_w)))
     return y + self.bias[...]
 
 
@@ -70,15 +92,7 @@ class Conv2d(nnx.Module):
     self.bias = deferred_param((out_dim,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    b, f = x.shape[:2]
-    y = jax.lax.conv_general_dilated(
-      x.reshape((b * f,) + x.shape[2:]),
-      self.kernel[...],
-      self.stride,
-      self.padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-    )
-    return (y + self.bias[...]).reshape((b, f) + y.shape[1:])
+    return conv_frames(x, self.kernel[...], self.stride, self.padding) + self.bias[...]
 
 
 class RMSNorm(layers.RMSNorm):

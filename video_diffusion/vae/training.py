@@ -36,9 +36,11 @@ def vae_loss(
 ) -> tuple[jax.Array, dict]:
   """(loss, {'recon_loss', 'kl'}) of videos in [-1, 1]: `loss_type` ('l1' or 'l2')
   of the decoded posterior sample (drawn from `key`) against the videos, averaged
-  over pixels, plus kl_weight times the KL of the posterior to N(0, 1)."""
+  over pixels, plus kl_weight times the KL of the posterior to N(0, 1). The
+  decode is not clipped: a clip would stop the gradient of every pixel beyond
+  [-1, 1], and a decoder whose outputs all fell below -1 would never learn again."""
   posterior = vae.posterior(videos)
-  reconstruction = vae.decode(posterior.sample(key))
+  reconstruction = vae.decode(posterior.sample(key), clip=False)
   recon_loss = jnp.mean(LOSSES[loss_type](reconstruction - videos))
   kl = kl_to_standard_normal(posterior)
   return recon_loss + kl_weight * kl, {'recon_loss': recon_loss, 'kl': kl}

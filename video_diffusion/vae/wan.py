@@ -257,8 +257,10 @@ class WanVAE(nnx.Module):
     """The posterior mean of (b, 1 + 4k, h, w, c) videos: (b, latent_frames, h', w', z_dim)."""
     return self.posterior(videos).mean
 
-  def decode(self, latents) -> jax.Array:
-    """(b, t, h', w', z_dim) latents -> (b, video_frames(t), h, w, out_channels) in [-1, 1]."""
+  def decode(self, latents, *, clip: bool = True) -> jax.Array:
+    """(b, t, h', w', z_dim) latents -> (b, video_frames(t), h, w, out_channels) in
+    [-1, 1]; clip=False leaves the values unclipped (for a training loss, whose
+    gradient the clip would zero wherever the output overshoots)."""
     latents = jnp.asarray(latents, jnp.float32)
     if latents.ndim != 5 or latents.shape[-1] != self.config.z_dim or latents.shape[1] < 1:
       raise ValueError(
@@ -271,4 +273,4 @@ class WanVAE(nnx.Module):
       videos = tiled_decode(decode, latents, self.tile_sizes, compression)
     else:
       videos = decode(latents)
-    return jnp.clip(videos, -1.0, 1.0)
+    return jnp.clip(videos, -1.0, 1.0) if clip else videos
