@@ -46,7 +46,7 @@ def main() -> None:
   import jax
 
   cfg = load_config(args.config)
-  graphdef, params, constants, step = checkpoint.load_params(
+  graphdef, params, constants, step, _ = checkpoint.load_params(
     cfg, args.checkpoint_path or resolved_checkpoint_dir(cfg), step=args.step, ema=True
   )
   if cfg.diffusion.is_flow:

@@ -15,6 +15,10 @@ from flax import nnx
 from video_diffusion.diffusion import GaussianDiffusion, samplers
 from video_diffusion.diffusion.schedule import cosine_beta_schedule, schedule_buffers
 
+# Compiled with XLA's optimisations (tests/conftest.py): the 1000-step DDPM runs take
+# half the time fused, and these tiny graphs compile quickly either way.
+pytestmark = pytest.mark.optimized
+
 FRAMES, SIZE = 2, 2
 TIMESTEPS = 1000
 NUM = 10000

@@ -65,9 +65,7 @@ def eight_devices_dit():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-  'model, mesh', [('unet3d', '4x2'), ('unet3d', '2x4'), ('dit', '8x1'), ('dit', '4x2')]
-)
+@pytest.mark.parametrize('model, mesh', [('unet3d', '4x2'), ('dit', '8x1'), ('dit', '4x2')])
 def test_one_step_on_a_mesh_equals_one_device(request, model, mesh):
   """Same loss and updated params as one device, up to float32 reduction order:
   loss within 1e-6 relative, params and EMA within 1e-5 of the update's size.

@@ -79,6 +79,8 @@ def model_mismatch(current: dict, saved: dict) -> str | None:
   for section in sections:
     for key, value in current.get(section, {}).items():
       old = saved.get(section, {}).get(key, value)
+      if (section, key) == ('diffusion', 'vae') and None not in (old, value):
+        continue  # two paths: the autoencoders' weights are compared (vae.latent)
       if old != value:
         return f'{section}.{key}={old!r} in the checkpoint, {value!r} in the config'
   return None

@@ -30,7 +30,7 @@ from video_diffusion.config.registry import (
   sampler_misfit,
 )
 from video_diffusion.config.schema import SECTIONS, Config
-from video_diffusion.config.vae import MODEL_KIND
+from video_diffusion.config.vae import LATENTS_RECORD, MODEL_KIND
 
 
 class ConfigError(ValueError):
@@ -212,6 +212,11 @@ def _check_together(cfg: Config, where: str) -> Config:
       'diffusion.channels',
       d.channels,
       f'the model predicts the noise of every channel; set unet.out_dim to null or {d.channels}',
+    )
+  if d.vae is not None and d.use_dynamic_thres:
+    raise ConfigError(
+      f'{where}: diffusion.use_dynamic_thres bounds pixels to [-1, 1]; latents '
+      '(diffusion.vae) are not bounded: set use_dynamic_thres: false'
     )
   check = BACKBONES[d.backbone].check  # the backbone's sections against the rest
   if check is not None and (problem := check(cfg)):
@@ -414,8 +419,9 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def config_of_checkpoint(saved: dict, source: str = '<checkpoint>') -> Config:
   """The Config of the config dict a checkpoint holds (config_to_dict's, and for
-  a train-vae run its MODEL_KIND key, left out here)."""
-  return config_from_dict({k: v for k, v in saved.items() if k != MODEL_KIND}, source)
+  a train-vae run its MODEL_KIND key, of a latent model its LATENTS_RECORD, left out)."""
+  kept = {k: v for k, v in saved.items() if k not in (MODEL_KIND, LATENTS_RECORD)}
+  return config_from_dict(kept, source)
 
 
 def dump_config(cfg: Config, path: str | os.PathLike | None = None) -> str:

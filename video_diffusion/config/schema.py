@@ -140,6 +140,17 @@ class DiffusionConfig:
     'interpolation: random frames are given clean with a mask '
     'channel, and the loss is on the other frames.',
   )
+  vae: str | None = config_key(
+    None,
+    'A video autoencoder whose latents the model diffuses: a diffusers AutoencoderKLWan folder '
+    'or a train-vae checkpoint folder; image_size, num_frames and channels stay the pixel '
+    "sizes, the backbone's follow from it; null = pixel space.",
+  )
+  vae_posterior: str = config_key(
+    'sample',
+    "With vae: the train step diffuses a posterior 'sample' of each clip's latents, or its 'mean'.",
+    one_of('sample', 'mean'),
+  )
 
   @property
   def video_shape(self) -> tuple[int, int, int, int]:

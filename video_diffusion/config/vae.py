@@ -21,6 +21,9 @@ ENCODER_CHUNK = 4  # frames per encoder chunk after the first frame (diffusers' 
 # The top-level key of a checkpoint's saved config that names what the run trained;
 # absent: a diffusion model.
 MODEL_KIND = 'model'
+# The top-level key of a latent diffusion model's checkpoint config: its autoencoder
+# (path, weights' fingerprint, the latents' mean and std; vae.latent.LatentSpace.record).
+LATENTS_RECORD = 'latents'
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ def build_diffusion(cfg: Config, *, abstract: bool = False) -> GaussianDiffusion
     logit_normal_mean=d.logit_normal_mean,
     logit_normal_scale=d.logit_normal_scale,
     time_shift=d.time_shift,
+    clip_denoised=d.vae is None,  # latents are not bounded to [-1, 1]
   )
 
 

@@ -55,6 +55,7 @@ class GaussianDiffusion(nnx.Module):
     logit_normal_mean: float = 0.0,
     logit_normal_scale: float = 1.0,
     time_shift: float = 1.0,
+    clip_denoised: bool = True,
   ):
     if loss_type not in LOSSES:
       raise ValueError(f'loss_type={loss_type!r}: use one of {", ".join(LOSSES)}.')
@@ -87,6 +88,7 @@ class GaussianDiffusion(nnx.Module):
     self.loss_weighting = loss_weighting
     self.min_snr_gamma = float(min_snr_gamma)
     self.frame_conditioning = frame_conditioning
+    self.clip_denoised = clip_denoised
 
   @property
   def video_shape(self) -> tuple[int, int, int, int]:
@@ -125,7 +127,10 @@ class GaussianDiffusion(nnx.Module):
     )
 
   def clip_x0(self, x_recon):
-    """Static clipping to [-1, 1], or dynamic thresholding (Imagen) if configured."""
+    """Static clipping to [-1, 1], or dynamic thresholding (Imagen) if configured;
+    none for a model of unbounded values (clip_denoised=False: latents)."""
+    if not self.clip_denoised:
+      return x_recon
     if not self.use_dynamic_thres:
       return jnp.clip(x_recon, -1.0, 1.0)
     flat = jnp.abs(x_recon.reshape(x_recon.shape[0], -1))

@@ -29,6 +29,7 @@ from video_diffusion.eval import fvd
 from video_diffusion.inference.checkpoint import load_params, sampling_mesh
 from video_diffusion.inference.sampling import compile_sample_fn
 from video_diffusion.reporting.progress import ProgressBar
+from video_diffusion.vae.latent import decoder
 
 
 class EvalError(ValueError):
@@ -43,6 +44,28 @@ class RealSets:
   second: np.ndarray
   cond: np.ndarray | None
   description: str
+
+
+def _cut(spec: DataSpec, source, indices, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+  """(uint8 videos, raw conditions or None) of `source`'s records at `indices`,
+  cut as `spec` says (random windows from `seed`, no flips)."""
+  ops = record_ops(dataclasses.replace(spec, random_flip=False), source)
+  videos, conds = [], []
+  for i in indices:
+    rng, record = np.random.default_rng([seed, i]), source[i]
+    for op in ops:
+      record = op.random_map(record, rng)
+    videos.append(record['video'])
+    conds.append(record.get('cond'))
+  return np.stack(videos), None if conds[0] is None else np.stack(conds)
+
+
+def training_clips(cfg, count: int, *, seed: int = 0) -> np.ndarray:
+  """The first `count` training videos (uint8) of cfg's dataset (fewer when it
+  has fewer), cut to the model's frames, size and channels."""
+  spec = DataSpec.from_config(cfg)
+  source = make_source(spec)
+  return _cut(spec, source, range(min(count, len(source))), seed)[0]
 
 
 def held_out_clips(
@@ -63,15 +86,7 @@ def held_out_clips(
       why = need(len(source)) if need else f'{count} held-out ones are needed'
       raise EvalError(f'{source!r} has {len(source)} videos; {why}')
     start = len(source) - count
-  ops = record_ops(dataclasses.replace(spec, random_flip=False), source)
-  videos, conds = [], []
-  for i in range(start, start + count):
-    rng, record = np.random.default_rng([seed, i]), source[i]
-    for op in ops:
-      record = op.random_map(record, rng)
-    videos.append(record['video'])
-    conds.append(record.get('cond'))
-  cond = None if conds[0] is None else np.stack(conds)
+  videos, cond = _cut(spec, source, range(start, start + count), seed)
   where = 'past the training indices' if start == len(source) else f'{start}..{start + count - 1}'
   return np.stack(videos), cond, f'{source!r}, records {where}'
 
@@ -97,7 +112,8 @@ def real_sets(cfg, num_videos: int, *, dataset_path: str | None = None, seed: in
 
 
 class Generator:
-  """Generates n videos in [0, 1] from params, `batch_size` per compiled sampler call."""
+  """Generates n videos in [0, 1] from params, `batch_size` per compiled sampler
+  call; `decode` maps a sampler's output to videos (a latent model's decoder)."""
 
   def __init__(
     self,
@@ -110,10 +126,12 @@ class Generator:
     cond_scale: float | None = None,
     text_encoder=None,
     mesh=None,
+    decode=np.asarray,
   ):
     if batch_size < 1:
       raise EvalError(f'the sampling batch size must be >= 1, got {batch_size}')
     self.cfg, self.batch_size, self.text_encoder = cfg, batch_size, text_encoder
+    self.decode = decode
     scale = cfg.trainer.cond_scale if cond_scale is None else cond_scale
     self._sample = compile_sample_fn(
       graphdef,
@@ -133,7 +151,7 @@ class Generator:
           index = np.arange(start, start + self.batch_size) % len(raw_cond)
           cond = conditioning.model_condition(self.cfg, raw_cond[index], self.text_encoder)
         videos = self._sample(params, jax.random.fold_in(key, i), cond)
-        out.append(np.asarray(videos)[: n - start])
+        out.append(self.decode(videos[: n - start]))
         bar.update(min(start + self.batch_size, n))
     return np.concatenate(out)
 
@@ -164,7 +182,9 @@ class TrainingEvaluator:
   at each call. Every process samples (the sampler is sharded); process 0
   computes the FVD, the others return None."""
 
-  def __init__(self, cfg, graphdef, constants, *, mesh, is_main: bool, text_encoder=None):
+  def __init__(
+    self, cfg, graphdef, constants, *, mesh, is_main: bool, text_encoder=None, decode=np.asarray
+  ):
     t = cfg.trainer
     self.num_videos, self.is_main, self.seed = t.eval_num_videos, is_main, t.seed
     sampler = get_sampler(
@@ -179,6 +199,7 @@ class TrainingEvaluator:
       mesh=mesh,
       batch_size=min(t.num_sample_rows**2, self.num_videos),
       text_encoder=text_encoder,
+      decode=decode,
     )
     self.extractor = fvd.FeatureExtractor() if is_main else None
     self.reference = None
@@ -213,17 +234,19 @@ def evaluate_checkpoint(
   real-vs-real FVD; returns the JSON-able result."""
   started = time.perf_counter()
   sets = real_sets(cfg, num_videos, dataset_path=dataset_path, seed=seed)
-  graphdef, params, constants, step = load_params(cfg, checkpoint_dir, step=step, ema=ema)
+  model = load_params(cfg, checkpoint_dir, step=step, ema=ema)
+  step = model.step
   generate = Generator(
     cfg,
-    graphdef,
-    constants,
+    model.graphdef,
+    model.constants,
     sampler=sampler,
     batch_size=batch_size,
     cond_scale=cond_scale,
     text_encoder=conditioning.make_text_encoder(cfg),
+    decode=decoder(model.latents),
   )
-  videos = generate(params, num_videos, jax.random.key(seed), sets.cond)
+  videos = generate(model.params, num_videos, jax.random.key(seed), sets.cond)
   extractor = fvd.FeatureExtractor()
   real_first, real_second = real_features(extractor, sets, cache_dir)
   generated = extractor(videos, label='generated I3D')

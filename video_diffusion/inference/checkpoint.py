@@ -2,23 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 from jax.sharding import Mesh
 
 from video_diffusion.checkpointing.checkpointer import Checkpointer
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.diffusion.samplers import Sampler
-from video_diffusion.inference.sampling import compile_sample_fn, generate
+from video_diffusion.inference.sampling import SamplingError, compile_sample_fn, generate
 from video_diffusion.parallel import sharding
+from video_diffusion.vae import latent
+
+
+class LoadedModel(NamedTuple):
+  """A checkpoint's model: (graphdef, params, constants) as split_diffusion's, its
+  step, and in latent space its autoencoder (else None)."""
+
+  graphdef: Any
+  params: Any
+  constants: Any
+  step: int
+  latents: latent.LatentSpace | None
 
 
 def load_params(cfg, checkpoint_dir: str, *, step: int | None = None, ema: bool = False):
-  """(graphdef, params, constants, step) of a training checkpoint's params or EMA params."""
-  graphdef, target, constants = split_diffusion(cfg, abstract=True)
+  """The LoadedModel of a training checkpoint's params or EMA params. A latent
+  model's autoencoder is cfg's diffusion.vae, which must hold the weights it was
+  trained on (SamplingError otherwise)."""
   with Checkpointer(checkpoint_dir, read_only=True) as ckpt:
     step = ckpt.resolve_step(step)
+    try:
+      space = latent.for_checkpoint(cfg, ckpt.restore_config(step))
+    except (OSError, ValueError) as e:
+      raise SamplingError(f'diffusion.vae: {e}') from None
+    model_cfg = cfg if space is None else space.model_config(cfg)
+    graphdef, target, constants = split_diffusion(model_cfg, abstract=True)
     params = ckpt.restore_params(step, target, ema=ema)
-  return graphdef, params, constants, step
+  return LoadedModel(graphdef, params, constants, step, space)
 
 
 def sampling_mesh(cfg) -> Mesh:
@@ -44,24 +65,32 @@ def sample_checkpoint(
 ):
   """(videos in [0, 1], step) sampled from a training checkpoint; cond as the
   model takes it (conditioning.model_condition), generate_kwargs as generate."""
-  graphdef, params, constants, step = load_params(cfg, checkpoint_dir, step=step, ema=ema)
+  model = load_params(cfg, checkpoint_dir, step=step, ema=ema)
   scale = cfg.trainer.cond_scale if cond_scale is None else cond_scale
   sample_fn = compile_sample_fn(
-    graphdef,
-    constants,
+    model.graphdef,
+    model.constants,
     batch_size,
     sampler=sampler,
     cond_scale=scale,
     recon_guidance=recon_guidance,
     mesh=sampling_mesh(cfg),
   )
+  model_shape = cfg.diffusion.video_shape
+  if model.latents is not None:
+    if any(generate_kwargs.get(k) is not None for k in ('first', 'last', 'num_frames')):
+      raise SamplingError(
+        'a latent model (diffusion.vae) samples whole videos of diffusion.num_frames for '
+        'now: drop --prime, --interpolate and --num-frames'
+      )
+    model_shape = model.latents.model_config(cfg).diffusion.video_shape
   videos = generate(
     sample_fn,
-    params,
+    model.params,
     jax.random.key(seed),
-    cfg.diffusion.video_shape,
+    model_shape,
     batch_size,
     cond=cond,
     **generate_kwargs,
   )
-  return videos, step
+  return latent.decoder(model.latents)(videos), model.step

@@ -15,7 +15,7 @@ import numpy as np
 
 from video_diffusion.conditions import encoding as conditioning
 from video_diffusion.config import Config, dump_config
-from video_diffusion.data import loader as data_loader
+from video_diffusion.config.vae import LATENTS_RECORD
 from video_diffusion.data import video_io
 from video_diffusion.diffusion.factory import split_diffusion
 from video_diffusion.eval.evaluate import TrainingEvaluator
@@ -29,6 +29,7 @@ from video_diffusion.train.preemption import Preempted
 from video_diffusion.train.run import Run, TrainingDiverged, TrainResult, run_loop
 from video_diffusion.train.setup import TrainingError
 from video_diffusion.train.validation import Validator
+from video_diffusion.vae.latent import LatentEncoder, decoder
 
 __all__ = ['Preempted', 'TrainResult', 'TrainingDiverged', 'TrainingError', 'train']
 
@@ -45,21 +46,21 @@ class _Run(Run):
       raise TrainingError(str(e)) from None
     self.sample_cond = None
     resume_step = setup.resume_policy(resume_step, self.ckpt.steps(), self.ckpt_dir)
-    self.graphdef, params, self.constants = split_diffusion(cfg, abstract=resume_step != 0)
+    self.latents = setup.latent_space(cfg, self.ckpt, resume_step)
+    # What the backbone sees: the latents' sizes in latent space, else cfg.
+    model_cfg = cfg if self.latents is None else self.latents.model_config(cfg)
+    self.graphdef, params, self.constants = split_diffusion(model_cfg, abstract=resume_step != 0)
     schedule = learning_rate_schedule(t)
     tx = make_optimizer(t)
     loader, self.epoch = setup.training_loader(cfg, process_index, process_count)
     shardings = setup.state_shardings_of(params, tx, t.seed, self.mesh)
-    self.state, self.batches = setup.restore_or_init(
-      self.ckpt, cfg, resume_step, params, tx, shardings, loader, process_index, process_count
-    )
-    self.step = self.start_step = int(self.state.step)
-    self.data_state = data_loader.iterator_state(self.batches)  # after the batches of self.step
-    self.last_saved = self.step if resume_step != 0 else None
+    self.restore_or_init(resume_step, params, tx, shardings, loader, process_index)
     self.profiling = False
     self.train_step = setup.compile_train_step(
-      cfg, self.graphdef, self.constants, tx, schedule, shardings, self.mesh
+      model_cfg, self.graphdef, self.constants, tx, schedule, shardings, self.mesh
     )
+    self.encode = None if self.latents is None else LatentEncoder(self.latents, self.mesh, t.seed)
+    self.decode = decoder(self.latents)
     self.sample_fn = None
     self.evaluator = None
     if t.eval_every:
@@ -71,6 +72,7 @@ class _Run(Run):
           mesh=self.mesh,
           is_main=self.is_main,
           text_encoder=self.text_encoder,
+          decode=self.decode,
         )
       except ValueError as e:  # EvalError, DataError, a sampler that does not fit
         raise TrainingError(f'trainer.eval_every: {e}') from None
@@ -78,7 +80,13 @@ class _Run(Run):
     if t.val_every:
       try:
         self.validator = Validator(
-          cfg, self.graphdef, self.constants, shardings.params, self.mesh, self.text_encoder
+          cfg,
+          self.graphdef,
+          self.constants,
+          shardings.params,
+          self.mesh,
+          self.text_encoder,
+          encode=None if self.encode is None else self.encode.means,
         )
       except ValueError as e:  # EvalError, DataError, MeshError, ConditionError
         raise TrainingError(f'trainer.val_every: {e}') from None
@@ -93,6 +101,8 @@ class _Run(Run):
     cond = self.condition(batch)
     tick = time.perf_counter()
     videos = sharding.global_batch(batch['video'], self.mesh)
+    if self.encode is not None:
+      videos = self.encode(videos, self.step)
     cond = None if cond is None else sharding.global_batch(cond, self.mesh)
     images = batch.get('image')  # image-video co-training
     images = None if images is None else sharding.global_batch(images, self.mesh)
@@ -138,6 +148,13 @@ class _Run(Run):
       jax.profiler.stop_trace()
       self.profiling = False
 
+  def saved_config(self) -> dict:
+    """The run's config dict, and in latent space the autoencoder's record."""
+    saved = super().saved_config()
+    if self.latents is not None:
+      saved[LATENTS_RECORD] = self.latents.record()
+    return saved
+
   def condition(self, batch: dict):
     """The model's condition of a data batch (None for an unconditional model);
     the first one also sets the condition of the periodic samples."""
@@ -168,6 +185,7 @@ class _Run(Run):
     videos = self.sample_fn(self.state.ema_params, key, self.sample_cond)
     if not self.is_main:
       return '', None
+    videos = self.decode(videos)
     path = os.path.join(self.results_folder, 'samples', f'sample-{self.step}.gif')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     frames = grid_frames(videos, rows)

@@ -20,6 +20,7 @@ from video_diffusion.data import loader as data_loader
 from video_diffusion.parallel import distributed
 from video_diffusion.reporting.progress import ProgressBar
 from video_diffusion.reporting.run_log import MetricsLogger
+from video_diffusion.train import setup
 from video_diffusion.train.preemption import Preempted, StopSignals
 from video_diffusion.train.setup import TrainingError
 
@@ -42,8 +43,9 @@ class TrainResult:
 
 class Run:
   """The state of one training job between steps. A subclass sets, in `_start`,
-  state (a train.state.TrainState), batches (the data iterator), epoch (an
-  EpochReport), step, data_state and last_saved, and defines `train_one_step`;
+  state (a train.state.TrainState), batches (the data iterator), step, data_state
+  and last_saved (all through `restore_or_init`) and epoch (an EpochReport), and
+  defines `train_one_step`;
   `measure` and `after_step` add its metrics and periodic outputs."""
 
   def __init__(self, cfg: Config, resume_step: int, process_index: int, process_count: int):
@@ -63,6 +65,27 @@ class Run:
 
   def _start(self, resume_step: int, process_index: int, process_count: int) -> None:
     raise NotImplementedError
+
+  def restore_or_init(
+    self, resume_step: int, params, tx, shardings, loader, process_index: int
+  ) -> None:
+    """Sets the state and batches (fresh, or restored from checkpoint `resume_step`
+    as setup.restore_or_init does), the step, the data position and last_saved."""
+    self.state, self.batches = setup.restore_or_init(
+      self.ckpt,
+      self.cfg,
+      resume_step,
+      params,
+      tx,
+      shardings,
+      loader,
+      process_index,
+      self.process_count,
+      saved_config=self.saved_config(),
+    )
+    self.step = self.start_step = int(self.state.step)
+    self.data_state = data_loader.iterator_state(self.batches)  # after the batches of self.step
+    self.last_saved = self.step if resume_step != 0 else None
 
   def train_one_step(self) -> dict:
     """Takes the next batch and runs the step; returns its metrics (numpy) with

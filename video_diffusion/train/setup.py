@@ -19,12 +19,15 @@ from video_diffusion.checkpointing.checkpointer import (
 )
 from video_diffusion.conditions.kinds import condition_kind
 from video_diffusion.config import Config, TrainerConfig, config_to_dict
+from video_diffusion.config.vae import LATENTS_RECORD
 from video_diffusion.data import loader as data_loader
 from video_diffusion.data.sources import make_source
 from video_diffusion.data.spec import DataSpec
+from video_diffusion.eval.evaluate import training_clips
 from video_diffusion.parallel import compiled, distributed, sharding
 from video_diffusion.train import step as train_step_lib
 from video_diffusion.train.state import TrainState, init_train_state
+from video_diffusion.vae import latent
 
 
 class TrainingError(RuntimeError):
@@ -168,3 +171,36 @@ def state_shardings_of(params, tx, seed: int, mesh: Mesh) -> TrainState:
   """Shardings of the train state of `params` (real or abstract) on `mesh`."""
   abstract = jax.eval_shape(lambda p: init_train_state(p, tx, seed), params)
   return sharding.state_shardings(abstract, mesh)
+
+
+def latent_space(cfg: Config, ckpt: Checkpointer, resume_step: int) -> latent.LatentSpace | None:
+  """The run's autoencoder (diffusion.vae; None in pixel space) with its latents'
+  statistics: a resumed checkpoint's, else the autoencoder's own, else measured
+  on the first training clips. Refuses another autoencoder than the checkpoint's."""
+  d = cfg.diffusion
+  if d.vae is None:
+    return None
+  try:
+    space = latent.LatentSpace.load(d.vae, sample_posterior=d.vae_posterior == 'sample')
+  except (OSError, ValueError) as e:
+    raise TrainingError(f'diffusion.vae: {e}') from None
+  problem = latent.latent_sizes_problem(cfg, space.config)
+  if problem:
+    raise TrainingError(problem)
+  if resume_step != 0:
+    try:
+      saved = ckpt.restore_config(ckpt.resolve_step(resume_step))
+    except (CheckpointDamagedError, FileNotFoundError):
+      saved = None  # restore_or_init says what is wrong
+    if saved is not None:
+      if problem := space.mismatch(saved.get(LATENTS_RECORD)):
+        raise TrainingError(
+          f'cannot resume from {ckpt.directory}: {problem}; set diffusion.vae to the '
+          'autoencoder it was trained with, or start a new run in another checkpoint folder'
+        )
+      record = saved[LATENTS_RECORD]
+      return space.with_stats(record['mean'], record['std'])
+  if space.has_stats:
+    return space
+  videos = training_clips(cfg, latent.STATS_CLIPS, seed=cfg.trainer.seed)
+  return latent.measure_stats(space, videos, cfg.trainer.train_batch_size, cfg.trainer.seed)

@@ -20,7 +20,7 @@ from flax import nnx
 
 from video_diffusion.config import Config
 from video_diffusion.config.schema import default_cond_frames
-from video_diffusion.diffusion.pixels import uint8_to_model_range
+from video_diffusion.diffusion.pixels import model_input
 from video_diffusion.train.state import TrainState
 
 
@@ -172,7 +172,7 @@ def make_train_step(
 
   def micro_loss(params, videos, cond, draws):
     model = nnx.merge(graphdef, params, constants)
-    x_start = uint8_to_model_range(videos)
+    x_start = model_input(videos)
     kwargs = {}
     if options.prob_focus_present:  # else the masked attention path is skipped
       kwargs['focus_present_mask'] = draws['focus']

@@ -17,7 +17,6 @@ from flax import nnx
 
 from video_diffusion.config import Config, config_to_dict, dump_config, vae_run_problem
 from video_diffusion.config.vae import MODEL_KIND
-from video_diffusion.data import loader as data_loader
 from video_diffusion.data import video_io
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.eval.reconstruction import HeldOutReconstructions
@@ -49,21 +48,7 @@ class _VAERun(Run):
     spec = DataSpec.from_config(cfg).videos_only()
     loader, self.epoch = setup.training_loader(cfg, process_index, process_count, spec)
     shardings = setup.state_shardings_of(params, tx, t.seed, self.mesh)
-    self.state, self.batches = setup.restore_or_init(
-      self.ckpt,
-      cfg,
-      resume_step,
-      params,
-      tx,
-      shardings,
-      loader,
-      process_index,
-      process_count,
-      saved_config=self.saved_config(),
-    )
-    self.step = int(self.state.step)
-    self.data_state = data_loader.iterator_state(self.batches)  # after the batches of self.step
-    self.last_saved = self.step if resume_step != 0 else None
+    self.restore_or_init(resume_step, params, tx, shardings, loader, process_index)
     self.train_step = compile_vae_step(
       cfg, self.graphdef, self.rest, tx, schedule, shardings, self.mesh
     )

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from video_diffusion.conditions import encoding as conditioning
 from video_diffusion.config import Config
-from video_diffusion.diffusion.pixels import uint8_to_model_range
+from video_diffusion.diffusion.pixels import model_input
 from video_diffusion.eval.evaluate import held_out_clips
 from video_diffusion.parallel import sharding
 
@@ -49,7 +49,7 @@ def make_validation_loss(graphdef: nnx.GraphDef, constants, times) -> Callable:
 
   def validation_loss(params, videos, cond, key):
     model = nnx.merge(graphdef, params, constants)
-    x_start = uint8_to_model_range(videos)
+    x_start = model_input(videos)
     noise = jax.random.normal(key, x_start.shape, x_start.dtype)
     batch = videos.shape[0]
     kwargs = {} if cond is None else {'null_mask': jnp.zeros((batch,), bool)}
@@ -68,7 +68,18 @@ class Validator:
   conditions loaded once, then one compiled call per use; returns the metrics
   {'val_loss', 'val_loss_t<time>', ...} (floats, on every process)."""
 
-  def __init__(self, cfg: Config, graphdef, constants, param_shardings, mesh: Mesh, text_encoder):
+  def __init__(
+    self,
+    cfg: Config,
+    graphdef,
+    constants,
+    param_shardings,
+    mesh: Mesh,
+    text_encoder,
+    encode: Callable | None = None,
+  ):
+    """`encode` maps the held-out clips (uint8, sharded) to what the model
+    diffuses (a latent model's LatentEncoder.means); None: the clips themselves."""
     t, d = cfg.trainer, cfg.diffusion
     count = t.val_batch_size or t.train_batch_size
     sharding.check_batch(count, mesh)  # MeshError, a ValueError
@@ -82,6 +93,8 @@ class Validator:
     videos, raw_cond, self.description = held_out_clips(cfg, count, seed=t.seed, need=need)
     batch = sharding.batch_sharding(mesh)
     self.videos = sharding.global_array(videos, batch)
+    if encode is not None:
+      self.videos = encode(self.videos)
     cond = None if raw_cond is None else conditioning.model_condition(cfg, raw_cond, text_encoder)
     self.cond = None if cond is None else sharding.global_array(cond, batch)
     key = jax.random.fold_in(jax.random.key(t.seed), NOISE_STREAM)

@@ -1,0 +1,258 @@
+"""Diffusion on a video autoencoder's latents: the frozen autoencoder of
+`diffusion.vae`, the latents' per-channel normalisation and the sizes the
+backbone sees.
+
+A latent model's "videos" are the autoencoder's normalised latents,
+(latents - mean) / std, channels-last: the train step, the validation loss and
+the samplers take them where a pixel model takes videos in [-1, 1].
+`encode_videos` and `decode_videos` are the two edges; both are pure (jit them
+with the autoencoder's params as an argument).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from video_diffusion.config import Config
+from video_diffusion.config.vae import LATENTS_RECORD, VAEConfig
+from video_diffusion.diffusion.pixels import normalize_img, uint8_to_model_range, unnormalize_img
+from video_diffusion.parallel import sharding
+from video_diffusion.vae.loading import load_vae
+
+STATS_EPSILON = 1e-6  # the smallest standard deviation a measured channel is given
+STATS_CLIPS = 64  # training clips whose latents give the statistics an autoencoder lacks
+ENCODE_STREAM = 0x6C6174  # folded into the run's seed for the posterior samples of the clips
+
+
+def fingerprint(state) -> str:
+  """A short hash of an nnx.State's arrays (paths, shapes, dtypes and values)."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(state), key=lambda p: str(p[0])):
+    array = np.asarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)}{array.shape}{array.dtype}'.encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def latent_sizes_problem(cfg: Config, vae: VAEConfig) -> str | None:
+  """What the config's pixel sizes (or settings) get wrong for the autoencoder,
+  with the fix, or None."""
+  d = cfg.diffusion
+  compression = 2 ** (len(vae.dim_mult) - 1)
+  if d.channels != vae.in_channels or d.channels != vae.out_channels:
+    return (
+      f'diffusion.channels is {d.channels}, the autoencoder {d.vae} encodes '
+      f'{vae.in_channels} and decodes {vae.out_channels} channels; set diffusion.channels '
+      f'and unet.channels to {vae.in_channels}'
+    )
+  if d.image_size % compression:
+    fit = max(compression, round(d.image_size / compression) * compression)
+    return (
+      f"diffusion.image_size {d.image_size} is not a multiple of the autoencoder's "
+      f'{compression}x spatial compression; set it to {fit}, say'
+    )
+  try:
+    vae.latent_frames(d.num_frames)
+  except ValueError as e:
+    chunks = -(-(d.num_frames - 1) // 4)
+    return f'diffusion.num_frames: {e}; set it to {1 + chunks * 4}, say'
+  if cfg.trainer.image_fraction:
+    return (
+      'image-video co-training (trainer.image_fraction) does not encode its image stacks '
+      'with diffusion.vae yet; set image_fraction: 0 for a latent model'
+    )
+  return None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LatentSpace:
+  """The frozen autoencoder (graphdef, params) and the latents' normalisation.
+
+  `mean` and `std` are per channel (z_dim,): the autoencoder's latents_mean /
+  latents_std, or measured on the training data (`with_stats`).
+  `sample_posterior`: the train step encodes to a posterior sample (else its mean).
+  """
+
+  graphdef: nnx.GraphDef
+  params: Any
+  config: VAEConfig
+  path: str
+  fingerprint: str
+  mean: np.ndarray | None
+  std: np.ndarray | None
+  sample_posterior: bool = True
+
+  @classmethod
+  def load(cls, path: str, *, sample_posterior: bool = True) -> LatentSpace:
+    """The autoencoder of `path` (as load_vae takes it: a diffusers folder or a
+    train-vae checkpoint folder, its newest weights) with its own statistics, if any."""
+    vae = load_vae(path)
+    graphdef, params = nnx.split(vae)
+    return cls(
+      graphdef=graphdef,
+      params=params,
+      config=vae.config,
+      path=str(path),
+      fingerprint=fingerprint(params),
+      mean=vae.latents_mean,
+      std=vae.latents_std,
+      sample_posterior=sample_posterior,
+    )
+
+  @property
+  def has_stats(self) -> bool:
+    return self.mean is not None and self.std is not None
+
+  def with_stats(self, mean, std) -> LatentSpace:
+    """This space with per-channel statistics `mean` and `std` (z_dim,)."""
+    mean = np.asarray(mean, np.float32).reshape(self.config.z_dim)
+    std = np.maximum(np.asarray(std, np.float32).reshape(self.config.z_dim), STATS_EPSILON)
+    return dataclasses.replace(self, mean=mean, std=std)
+
+  def record(self) -> dict:
+    """What a checkpoint keeps of the autoencoder: path, fingerprint and statistics."""
+    return {
+      'vae': self.path,
+      'fingerprint': self.fingerprint,
+      'mean': [float(x) for x in self.mean],
+      'std': [float(x) for x in self.std],
+    }
+
+  def mismatch(self, record: dict | None) -> str | None:
+    """Why a checkpoint's record (`record()`) is of another autoencoder, or None."""
+    if record is None:
+      return 'the checkpoint holds a pixel-space model, diffusion.vae asks for latents'
+    if record.get('fingerprint') != self.fingerprint:
+      return (
+        f'the checkpoint was trained on the latents of the autoencoder {record.get("vae")!r} '
+        f'(weights {record.get("fingerprint")}), diffusion.vae {self.path!r} holds other weights '
+        f'({self.fingerprint})'
+      )
+    return None
+
+  def model_config(self, cfg: Config) -> Config:
+    """`cfg` with the latents' sizes where the backbone reads sizes: diffusion's
+    image_size, num_frames and channels, and unet.channels (unet.out_dim null)."""
+    d, v = cfg.diffusion, self.config
+    diffusion = dataclasses.replace(
+      d,
+      image_size=d.image_size // 2 ** (len(v.dim_mult) - 1),
+      num_frames=v.latent_frames(d.num_frames),
+      channels=v.z_dim,
+    )
+    unet = dataclasses.replace(cfg.unet, channels=v.z_dim, out_dim=None)
+    return dataclasses.replace(cfg, diffusion=diffusion, unet=unet)
+
+  def _vae(self, params):
+    return nnx.merge(self.graphdef, params)
+
+  def encode_videos(self, params, videos, key=None) -> jax.Array:
+    """uint8 (or [-1, 1] float) videos (b, f, h, w, c) -> normalised latents
+    (b, t, h', w', z): a posterior sample drawn from `key`, or its mean without one."""
+    if videos.dtype == jnp.uint8:
+      videos = uint8_to_model_range(videos)
+    posterior = self._vae(params).posterior(videos)
+    latents = posterior.mean if key is None else posterior.sample(key)
+    return (latents - self.mean) / self.std
+
+  def decode_videos(self, params, samples) -> jax.Array:
+    """A sampler's output (normalised latents mapped to [0, 1] as pixels are,
+    x / 2 + 1 / 2) -> videos (b, f, h, w, c) in [0, 1]."""
+    latents = normalize_img(samples) * self.std + self.mean
+    return unnormalize_img(self._vae(params).decode(latents))
+
+
+def measure_stats(
+  space: LatentSpace, videos: np.ndarray, batch_size: int, seed: int = 0
+) -> LatentSpace:
+  """`space` with the per-channel mean and standard deviation of the latents of
+  uint8 `videos` (n, f, h, w, c) that training diffuses: posterior samples (drawn
+  from `seed`) or, without sample_posterior, the means; `batch_size` at a time."""
+  raw = dataclasses.replace(
+    space,
+    mean=np.zeros(space.config.z_dim, np.float32),
+    std=np.ones(space.config.z_dim, np.float32),
+  )
+  encode = jax.jit(raw.encode_videos)
+  total, total_sq, count = 0.0, 0.0, 0
+  key = jax.random.fold_in(jax.random.key(seed), ENCODE_STREAM) if space.sample_posterior else None
+  for start in range(0, len(videos), batch_size):
+    batch_key = None if key is None else jax.random.fold_in(key, start)
+    batch = jnp.asarray(videos[start : start + batch_size])
+    latents = np.asarray(encode(space.params, batch, batch_key))
+    flat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    total, total_sq, count = total + flat.sum(0), total_sq + (flat**2).sum(0), count + len(flat)
+  mean = total / count
+  return space.with_stats(mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)))
+
+
+def for_checkpoint(cfg: Config, saved: dict) -> LatentSpace | None:
+  """The latent space of a checkpoint whose config dict is `saved`: the
+  autoencoder of cfg's diffusion.vae, checked against the checkpoint's record,
+  with the record's statistics; None for a pixel-space model. Raises ValueError
+  (with the fix) when the two disagree."""
+  record = saved.get(LATENTS_RECORD)
+  path = cfg.diffusion.vae
+  if path is None:
+    if record is not None:
+      raise ValueError(
+        f'the checkpoint diffuses the latents of the autoencoder {record.get("vae")!r}; '
+        'set diffusion.vae to it'
+      )
+    return None
+  space = LatentSpace.load(path)
+  problem = space.mismatch(record)
+  if problem:
+    raise ValueError(f'{problem}; set diffusion.vae to the autoencoder the model was trained on')
+  return space.with_stats(record['mean'], record['std'])
+
+
+def decoder(space: LatentSpace | None):
+  """`decode(samples) -> numpy videos in [0, 1]` of a sampler's output (jitted);
+  for a pixel-space model (space None) the samples as they are."""
+  if space is None:
+    return np.asarray
+  decode = jax.jit(space.decode_videos)
+  return lambda samples: np.asarray(decode(space.params, jnp.asarray(samples)))
+
+
+class LatentEncoder:
+  """A latent run's train-step input: uint8 video batches sharded over `mesh`'s
+  batch axes -> normalised latents sharded alike; a posterior sample drawn from
+  the run's seed and the step (so a resumed run draws the same), or the mean.
+  The autoencoder's params are replicated on the mesh."""
+
+  def __init__(self, space: LatentSpace, mesh, seed: int):
+    self.space = space
+    self.replicated, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    self.params = jax.device_put(space.params, self.replicated)
+    self.key = jax.random.fold_in(jax.random.key(seed), ENCODE_STREAM)
+    self._sample = jax.jit(
+      lambda params, videos, key_data: space.encode_videos(
+        params, videos, jax.random.wrap_key_data(key_data)
+      ),
+      in_shardings=(self.replicated, batch, self.replicated),
+      out_shardings=batch,
+    )
+    self._mean = jax.jit(
+      space.encode_videos, in_shardings=(self.replicated, batch), out_shardings=batch
+    )
+
+  def means(self, videos: jax.Array) -> jax.Array:
+    """The posterior means of a batch (for held-out clips)."""
+    return self._mean(self.params, videos)
+
+  def __call__(self, videos: jax.Array, step: int) -> jax.Array:
+    """The train step's latents of the batch of step `step`."""
+    if not self.space.sample_posterior:
+      return self.means(videos)
+    key_data = jax.random.key_data(jax.random.fold_in(self.key, step))
+    key_data = sharding.global_array(np.asarray(key_data), self.replicated)
+    return self._sample(self.params, videos, key_data)
