@@ -187,6 +187,17 @@ class VAETrainerConfig:
   )
 
 
+def num_frames_problem(v: VAEConfig, num_frames: int) -> str | None:
+  """Why the autoencoder `v` cannot encode clips of diffusion.num_frames, with the
+  nearest count it can, or None."""
+  try:
+    v.latent_frames(num_frames)
+  except ValueError as e:
+    chunks = -(-(num_frames - 1) // ENCODER_CHUNK)
+    return f'diffusion.num_frames: {e}; set it to {1 + chunks * ENCODER_CHUNK}, say'
+  return None
+
+
 def vae_run_problem(cfg) -> str | None:
   """What a config gets wrong for training or evaluating its `vae` section on
   clips of diffusion.num_frames x image_size x channels, or None."""
@@ -197,11 +208,8 @@ def vae_run_problem(cfg) -> str | None:
         f'vae.{key} ({getattr(v, key)}) must equal diffusion.channels ({d.channels}), '
         f'the channels of the clips: set vae.{key}: {d.channels} (or change diffusion.channels)'
       )
-  try:
-    v.latent_frames(d.num_frames)
-  except ValueError as e:
-    chunks = -(-(d.num_frames - 1) // ENCODER_CHUNK)
-    return f'diffusion.num_frames: {e}; set it to {1 + chunks * ENCODER_CHUNK}, say'
+  if problem := num_frames_problem(v, d.num_frames):
+    return problem
   decoded = v.video_frames(v.latent_frames(d.num_frames))
   if decoded != d.num_frames:
     return (

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from video_diffusion.config import Config
-from video_diffusion.config.vae import LATENTS_RECORD, VAEConfig
+from video_diffusion.config.vae import LATENTS_RECORD, VAEConfig, num_frames_problem
 from video_diffusion.diffusion.pixels import normalize_img, uint8_to_model_range, unnormalize_img
 from video_diffusion.parallel import sharding
 from video_diffusion.vae.loading import load_vae
@@ -45,7 +45,7 @@ def latent_sizes_problem(cfg: Config, vae: VAEConfig) -> str | None:
   """What the config's pixel sizes (or settings) get wrong for the autoencoder,
   with the fix, or None."""
   d = cfg.diffusion
-  compression = 2 ** (len(vae.dim_mult) - 1)
+  compression = vae.spatial_compression
   if d.channels != vae.in_channels or d.channels != vae.out_channels:
     return (
       f'diffusion.channels is {d.channels}, the autoencoder {d.vae} encodes '
@@ -58,11 +58,8 @@ def latent_sizes_problem(cfg: Config, vae: VAEConfig) -> str | None:
       f"diffusion.image_size {d.image_size} is not a multiple of the autoencoder's "
       f'{compression}x spatial compression; set it to {fit}, say'
     )
-  try:
-    vae.latent_frames(d.num_frames)
-  except ValueError as e:
-    chunks = -(-(d.num_frames - 1) // 4)
-    return f'diffusion.num_frames: {e}; set it to {1 + chunks * 4}, say'
+  if problem := num_frames_problem(vae, d.num_frames):
+    return problem
   if cfg.trainer.image_fraction:
     return (
       'image-video co-training (trainer.image_fraction) does not encode its image stacks '
@@ -143,7 +140,7 @@ class LatentSpace:
     d, v = cfg.diffusion, self.config
     diffusion = dataclasses.replace(
       d,
-      image_size=d.image_size // 2 ** (len(v.dim_mult) - 1),
+      image_size=d.image_size // v.spatial_compression,
       num_frames=v.latent_frames(d.num_frames),
       channels=v.z_dim,
     )

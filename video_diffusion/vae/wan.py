@@ -208,7 +208,7 @@ class WanVAE(nnx.Module):
   @property
   def spatial_compression(self) -> int:
     """Pixels per latent pixel in height and width: one halving per downsampling level."""
-    return 2 ** (len(self.config.dim_mult) - 1)
+    return self.config.spatial_compression
 
   def enable_tiling(
     self,
