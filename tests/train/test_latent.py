@@ -130,6 +130,25 @@ def test_sampling_decodes_videos_of_the_pixel_size(straight):
   assert (pathlib.Path(straight.trainer.results_folder) / 'samples' / 'sample-4.gif').exists()
 
 
+def test_given_frames_are_encoded_and_longer_videos_extend_in_latent_frames(straight):
+  """--prime's frames are cut to 1 + 4j and encoded: the causal decoder gives back
+  their own reconstruction first; --num-frames 9 samples 3 latent frames (the model's 2,
+  extended by one)."""
+  folder = str(pathlib.Path(straight.trainer.results_folder) / 'checkpoints')
+  given = np.random.default_rng(0).uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
+  videos, _ = sample_checkpoint(straight, folder, batch_size=1, first=given, num_frames=9)
+  assert videos.shape == (1, 9, 16, 16, 3)
+  space = load_params(straight, folder).latents
+  latents = space.sampling_request(first=given)['first']  # the last frame of the 3 alone
+  assert latents.shape == (1, 2, 2, 4)
+  again = latent.decoder(space)(latents[None])
+  np.testing.assert_allclose(videos[0, 0], again[0, 0], atol=1e-5)
+  with pytest.raises(SamplingError, match='1 \\+ 4k'):
+    sample_checkpoint(straight, folder, batch_size=1, num_frames=8)
+  with pytest.raises(SamplingError, match='--interpolate is not supported'):
+    sample_checkpoint(straight, folder, batch_size=1, first=given, last=given)
+
+
 def test_a_gaussian_model_measures_missing_statistics_and_samples(tmp_path):
   """An autoencoder without latents_mean/std: the run measures them on the first
   training clips and keeps them in its checkpoints; an eps model samples too."""

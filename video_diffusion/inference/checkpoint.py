@@ -14,6 +14,9 @@ from video_diffusion.inference.sampling import SamplingError, compile_sample_fn,
 from video_diffusion.parallel import sharding
 from video_diffusion.vae import latent
 
+# generate's arguments that a latent model takes in latent frames (LatentSpace.sampling_request).
+LATENT_REQUEST_KEYS = ('first', 'last', 'num_frames', 'num_cond_frames')
+
 
 class LoadedModel(NamedTuple):
   """A checkpoint's model: (graphdef, params, constants) as split_diffusion's, its
@@ -77,12 +80,12 @@ def sample_checkpoint(
     mesh=sampling_mesh(cfg),
   )
   model_shape = cfg.diffusion.video_shape
-  if model.latents is not None:
-    if any(generate_kwargs.get(k) is not None for k in ('first', 'last', 'num_frames')):
-      raise SamplingError(
-        'a latent model (diffusion.vae) samples whole videos of diffusion.num_frames for '
-        'now: drop --prime, --interpolate and --num-frames'
-      )
+  if model.latents is not None:  # given frames encoded, frame counts in latent frames
+    pixel_request = {k: generate_kwargs.pop(k, None) for k in LATENT_REQUEST_KEYS}
+    try:
+      generate_kwargs.update(model.latents.sampling_request(**pixel_request))
+    except ValueError as e:
+      raise SamplingError(str(e)) from None
     model_shape = model.latents.model_config(cfg).diffusion.video_shape
   videos = generate(
     sample_fn,

@@ -159,6 +159,25 @@ class LatentSpace:
     latents = posterior.mean if key is None else posterior.sample(key)
     return (latents - self.mean) / self.std
 
+  def sampling_request(self, *, first=None, last=None, num_frames=None, num_cond_frames=None):
+    """inference.sampling.generate's first / num_frames / num_cond_frames in latent
+    frames, from pixel ones: `first` (k, h, w, c) in [0, 1] is cut to its last 1 + 4j
+    frames and encoded (the causal encoder gives the latents those frames have at
+    a video's start), frame counts must be 1 + 4j. Raises ValueError on what a
+    latent model cannot take (`last`: interpolation)."""
+    if last is not None:
+      raise ValueError('--interpolate is not supported for a latent model (diffusion.vae) yet')
+    request = {
+      key: None if frames is None else self.config.latent_frames(frames)
+      for key, frames in (('num_frames', num_frames), ('num_cond_frames', num_cond_frames))
+    }
+    if first is not None:
+      given = np.asarray(first, np.float32)
+      given = given[len(given) - 1 - (len(given) - 1) // 4 * 4 :][None]  # the last 1 + 4j
+      latents = jax.jit(self.encode_videos)(self.params, normalize_img(jnp.asarray(given)))
+      request['first'] = np.asarray(unnormalize_img(latents))[0]
+    return request
+
   def decode_videos(self, params, samples) -> jax.Array:
     """A sampler's output (normalised latents mapped to [0, 1] as pixels are,
     x / 2 + 1 / 2) -> videos (b, f, h, w, c) in [0, 1]."""
