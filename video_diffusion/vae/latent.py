@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from video_diffusion.config import Config
-from video_diffusion.config.vae import LATENTS_RECORD, VAEConfig, num_frames_problem
+from video_diffusion.config.vae import ENCODER_CHUNK, LATENTS_RECORD, VAEConfig, num_frames_problem
 from video_diffusion.diffusion.pixels import normalize_img, uint8_to_model_range, unnormalize_img
 from video_diffusion.parallel import sharding
 from video_diffusion.vae.loading import load_vae
@@ -173,7 +173,8 @@ class LatentSpace:
     }
     if first is not None:
       given = np.asarray(first, np.float32)
-      given = given[len(given) - 1 - (len(given) - 1) // 4 * 4 :][None]  # the last 1 + 4j
+      kept = 1 + (len(given) - 1) // ENCODER_CHUNK * ENCODER_CHUNK
+      given = given[len(given) - kept :][None]  # the last 1 + 4j
       latents = jax.jit(self.encode_videos)(self.params, normalize_img(jnp.asarray(given)))
       request['first'] = np.asarray(unnormalize_img(latents))[0]
     return request
