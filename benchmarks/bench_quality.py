@@ -3,11 +3,19 @@
   python benchmarks/bench_quality.py [--minutes 20] [--variants unet_v,unet_flow,dit_flow,dit_v]
                                      [--num-videos 256] [--points 3] [--output results/quality]
                                      [--seed 0] [--samplers heun-20,ddim-50] [--eval-only]
+                                     [--vae PATH]
 
 Each variant is a demo config (configs/demo_unet3d.yaml, the Unet3D with v and
 min-SNR, or configs/demo_dit.yaml, the DiT with flow matching; synthetic moving
 digits) with at most its objective changed; unet_flow is the demo,
-configs/config.yaml. One after the other, each trains with train.py in a
+configs/config.yaml. The variants px64_unet_flow, latent_dit_flow,
+latent_unet_flow and latent_dit_flow_cached (not run unless named) train on
+64 x 64, 17-frame clips: the demo Unet3D in pixels, and the demo DiT and
+Unet3D with flow matching on the latents of --vae (a train-vae checkpoint
+folder, e.g. of configs/vae_digits.yaml; its own training minutes are not in
+the budget), encoded on the fly or, for the _cached one, read from `prepare
+--vae` shards of the first 4096 clips (made once before its run, their minutes
+printed and not in the budget). One after the other, each trains with train.py in a
 subprocess for --minutes of wall-clock time from its start (compilation
 included), checkpointing every --checkpoint-every steps, and is then stopped by
 SIGTERM (as a scheduler preempts a run: the step in flight finishes and is
@@ -47,6 +55,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLOW = ['diffusion.objective=flow', 'diffusion.loss_weighting=none']
 FLOW += ['diffusion.time_sampling=logit_normal']
 V = ['diffusion.objective=v', 'diffusion.loss_weighting=min_snr', 'diffusion.time_sampling=uniform']
+# The 64 x 64, 17-frame variants: pixel space, or the latents of --vae (VAE_KEY's value).
+PIXELS_64 = ['diffusion.image_size=64', 'diffusion.num_frames=17']
+VAE_KEY = 'diffusion.vae'
+LATENT = [*PIXELS_64, f'{VAE_KEY}=']
+# A variant on cached latents trains on CACHED_CLIPS synthetic clips (indices 0..N-1, as
+# the on-the-fly variants draw them) packed once by `prepare --vae` into CACHE_KEY's folder.
+CACHE_KEY = 'trainer.dataset_path'
+CACHED_CLIPS = 4096
 # name -> (config in configs/, its overrides, samplers tried as (name, steps)); the
 # first sampler draws the curve. demo_unet3d.yaml is the Unet3D with v and min-SNR,
 # demo_dit.yaml the DiT with flow; both train the same data, batch, lr and EMA. The demo,
@@ -56,7 +72,18 @@ VARIANTS = {
   'unet_flow': ('demo_unet3d.yaml', FLOW, [('euler', 50), ('heun', 20)]),
   'dit_flow': ('demo_dit.yaml', [], [('euler', 50), ('heun', 20)]),
   'dit_v': ('demo_dit.yaml', V, [('dpmpp', 20), ('ddim', 50)]),
+  # 64 x 64: the demo Unet3D in pixels at half the batch (a step of 8 took 4 s), against
+  # the demo DiT (one latent pixel a token: 5 x 8 x 8 tokens) and Unet3D on latents
+  'px64_unet_flow': ('config.yaml', [*PIXELS_64, 'trainer.train_batch_size=4'], [('euler', 20)]),
+  'latent_dit_flow': ('demo_dit.yaml', [*LATENT, 'dit.patch_size=1'], [('euler', 20)]),
+  'latent_unet_flow': ('demo_unet3d.yaml', [*LATENT, *FLOW], [('euler', 20)]),
+  'latent_dit_flow_cached': (
+    'demo_dit.yaml',
+    [*LATENT, 'dit.patch_size=1', f'{CACHE_KEY}='],
+    [('euler', 20)],
+  ),
 }
+DEFAULT_VARIANTS = 'unet_v,unet_flow,dit_flow,dit_v'
 CURVE_VIDEOS = 64  # the training-time FVD's default size (trainer.eval_num_videos)
 BATCH = 32
 
@@ -66,12 +93,54 @@ def run_name(name: str, seed: int) -> str:
   return name if seed == 0 else f'{name}-seed{seed}'
 
 
-def train_for(name: str, minutes: float, out: pathlib.Path, every: int, seed: int):
+def overrides_of(name: str, vae: str | None, cache: pathlib.Path | None = None) -> list[str]:
+  """The variant's overrides, its autoencoder's path and its cached latents' folder
+  (under `cache`) filled in; an error without --vae where one is needed."""
+  overrides = VARIANTS[name][1]
+  if f'{VAE_KEY}=' not in overrides:
+    return overrides
+  if not vae:
+    sys.exit(f'error: {name} trains on latents: give --vae PATH (a train-vae checkpoint folder)')
+  fill = {f'{VAE_KEY}=': f'{VAE_KEY}={vae}', f'{CACHE_KEY}=': f'{CACHE_KEY}={cache}'}
+  return [fill.get(o, o) for o in overrides]
+
+
+def cached_latents(out: pathlib.Path, vae: str) -> tuple[pathlib.Path, float]:
+  """(folder, minutes): `prepare --vae` shards of the first CACHED_CLIPS synthetic
+  64 x 64 clips under `out`, made once (the minutes it took are kept beside them)."""
+  folder, timing = out / 'cached-latents', out / 'cached-latents-minutes.txt'
+  if timing.exists():
+    return folder, float(timing.read_text())
+  import numpy as np
+
+  from video_diffusion.data.synthetic import moving_digits
+
+  started = time.time()
+  clips = np.stack(
+    [
+      moving_digits(0, i, num_frames=17, image_size=64, channels=1)['video']
+      for i in range(CACHED_CLIPS)
+    ]
+  )
+  np.save(out / 'cached-clips.npy', clips)  # (clips, frames, h, w, channels)
+  argv = ['prepare', str(out / 'cached-clips.npy'), str(folder), '--num-frames', '17']
+  argv += ['--image-size', '64', '--channels', '1', '--vae', vae]
+  subprocess.run([sys.executable, '-m', 'video_diffusion', *argv], cwd=ROOT, check=True)
+  minutes = (time.time() - started) / 60
+  timing.write_text(f'{minutes:.2f}')
+  return folder, minutes
+
+
+def train_for(name: str, minutes: float, out: pathlib.Path, every: int, seed: int, vae=None):
   """Runs train.py on the variant's config for `minutes`, then SIGTERM."""
   from video_diffusion.config import dump_config, load_config
 
   folder = out / run_name(name, seed)
-  base, overrides, _ = VARIANTS[name]
+  cache = None
+  if f'{CACHE_KEY}=' in VARIANTS[name][1]:
+    cache, prepared = cached_latents(out, vae)
+    print(f'{name}: latents of {CACHED_CLIPS} clips cached in {prepared:.1f} min', flush=True)
+  base, overrides = VARIANTS[name][0], overrides_of(name, vae, cache)
   cfg = load_config(
     ROOT / 'configs' / base,
     overrides
@@ -124,10 +193,15 @@ def evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: p
 
 
 def _evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
+  import dataclasses
+
   from video_diffusion.config import resolved_checkpoint_dir
   from video_diffusion.diffusion.samplers import get_sampler
   from video_diffusion.eval.evaluate import evaluate_checkpoint
 
+  # Every variant is judged on the synthetic digits past the training indices (the
+  # cached variant's shards hold the first CACHED_CLIPS of them).
+  cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, dataset_path=None))
   d = cfg.diffusion
   return evaluate_checkpoint(
     cfg,
@@ -145,7 +219,7 @@ def _evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--minutes', type=float, default=20.0)
-  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--variants', default=DEFAULT_VARIANTS)
   parser.add_argument('--num-videos', type=int, default=256)
   parser.add_argument('--points', type=int, default=3, help='checkpoints on the FVD curve')
   parser.add_argument('--checkpoint-every', type=int, default=25)
@@ -157,6 +231,7 @@ def main() -> None:
   parser.add_argument(
     '--eval-only', action='store_true', help='evaluate the runs already trained in --output'
   )
+  parser.add_argument('--vae', default=None, help="the latent variants' train-vae checkpoints")
   args = parser.parse_args()
   names = args.variants.split(',')
   unknown = [n for n in names if n not in VARIANTS]
@@ -185,7 +260,7 @@ def main() -> None:
   for name in names:
     if not args.eval_only:
       print(f'== {name}: training for {args.minutes} min', flush=True)
-      train_for(name, args.minutes, out, args.checkpoint_every, args.seed)
+      train_for(name, args.minutes, out, args.checkpoint_every, args.seed, args.vae)
     runs[name] = trained_run(out / run_name(name, args.seed))
 
   rows, curves, results = [], {}, {}
@@ -229,7 +304,12 @@ def main() -> None:
       curve=curve,
       samplers_on_64=trials,
       config=VARIANTS[name][0],
-      overrides=VARIANTS[name][1],
+      overrides=overrides_of(name, args.vae, out / 'cached-latents'),
+      cached_minutes=(
+        float((out / 'cached-latents-minutes.txt').read_text())
+        if f'{CACHE_KEY}=' in VARIANTS[name][1]
+        else None
+      ),
     )
     rows.append(
       f'| {run_name(name, args.seed)} | {last} | {np.median(step_times):.2f} | '

@@ -79,6 +79,35 @@ TINY_DIT = {
 }
 
 
+def latent_config(results, vae, unet=None, **diffusion_keys):
+  """A tiny flow DiT (patch 1; or, with diffusion_keys backbone='unet3d', the Unet3D
+  of `unet`'s keys) on the latents of the autoencoder `vae`: 5 frames of 16x16 RGB,
+  4 steps of 2 clips, checkpoints at 2 and 4."""
+  from video_diffusion.config import config_from_dict
+
+  return config_from_dict(
+    {
+      'unet': dict(channels=3) | (unet or {}),
+      'dit': dict(TINY_DIT['dit'], patch_size=1),
+      'diffusion': TINY_DIT['diffusion']
+      | dict(channels=3, image_size=16, num_frames=5, vae=str(vae))
+      | diffusion_keys,
+      'trainer': dict(
+        results_folder=str(results),
+        train_batch_size=2,
+        train_num_steps=4,
+        checkpoint_every_steps=2,
+        save_and_sample_every=4,
+        num_sample_rows=1,
+        data_workers=0,
+        step_start_ema=1,
+        update_ema_every=1,
+        max_to_keep=None,
+      ),
+    }
+  )
+
+
 def to_channels_last(video):
   """(b, c, f, h, w) of the reference -> our (b, f, h, w, c)."""
   return np.transpose(video, (0, 2, 3, 4, 1))

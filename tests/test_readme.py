@@ -1,6 +1,7 @@
 """The Python snippets of the README and the docs run (shrunk to tiny sizes) and do
 what they say; the README starts with the demo and test commands."""
 
+import dataclasses
 import pathlib
 import re
 import shutil
@@ -44,12 +45,29 @@ def run_shrunk(blocks: list[str], page: pathlib.Path) -> dict:
 def test_readme_example_runs():
   """Config -> model -> loss -> samples, as the README's Python section shows."""
   blocks = python_blocks(README)
-  lines = [line for line in blocks[0].splitlines() if line.strip()]
-  assert len(blocks) == 1 and len(lines) <= 10, 'a 10-line example'
-  namespace = run_shrunk(blocks, README)
+  assert len(blocks) == 2, 'a pixel and a latent example'
+  for block in blocks:
+    assert len([line for line in block.splitlines() if line.strip()]) <= 10, 'short examples'
+  namespace = run_shrunk(blocks[:1], README)
   assert namespace['samples'].shape == (2, 8, 8, 8, 1)
   assert 0.0 <= float(namespace['samples'].min()) <= float(namespace['samples'].max()) <= 1.0
   assert namespace['loss'].shape == ()
+
+
+def test_readme_latent_example_samples_a_latent_checkpoint(tmp_path, monkeypatch):
+  """The README's second example, on a tiny latent run (16x16x5 videos, 2x2x2x4 latents)."""
+  from conftest import latent_config
+
+  from video_diffusion.train import loop as trainer
+
+  folder = tmp_path / 'results' / 'demo-latent'
+  cfg = latent_config(folder, ROOT / 'tests' / 'fixtures' / 'vae' / 'wan_like')
+  cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, train_num_steps=1))
+  trainer.train(cfg)
+  monkeypatch.chdir(tmp_path)
+  namespace = run_shrunk(python_blocks(README)[1:], README)
+  assert namespace['step'] == 1 and namespace['videos'].shape == (4, 5, 16, 16, 3)
+  assert len(list((folder / 'from-python').glob('sample_*.gif'))) == 4
 
 
 def test_getting_started_snippets_run():

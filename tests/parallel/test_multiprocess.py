@@ -17,9 +17,11 @@ from video_diffusion.config import load_config
 from video_diffusion.data.loader import make_loader
 from video_diffusion.data.spec import DataSpec
 from video_diffusion.diffusion.factory import split_diffusion
+from video_diffusion.parallel.sharding import make_mesh
 from video_diffusion.train import step as ts
 from video_diffusion.train.optimizer import make_optimizer
 from video_diffusion.train.state import init_train_state
+from video_diffusion.vae import latent
 
 pytestmark = pytest.mark.slow  # end-to-end runs; left out of `make test-fast`
 
@@ -95,21 +97,25 @@ def two_process_run(tmp_path_factory):
   return load_config(config), root / 'results'
 
 
-def one_process_reference(cfg):
-  """(state, losses, initial params): three steps in this process on the
-  concatenation of both processes' batches."""
-  t = cfg.trainer
-  graphdef, params, constants = split_diffusion(cfg)
+def one_process_reference(cfg, steps=3, encode=None, model_cfg=None):
+  """(state, losses, initial params): `steps` steps in this process on the
+  concatenation of both processes' batches, mapped by `encode(videos, step)` (a
+  latent run's LatentEncoder, whose backbone is built from `model_cfg`)."""
+  t, model_cfg = cfg.trainer, model_cfg or cfg
+  graphdef, params, constants = split_diffusion(model_cfg)
   tx = make_optimizer(t)
   state = init_train_state(params, tx, t.seed)
-  step = jax.jit(ts.make_train_step(graphdef, constants, tx, ts.StepOptions.from_config(cfg)))
+  options = ts.StepOptions.from_config(model_cfg)
+  step = jax.jit(ts.make_train_step(graphdef, constants, tx, options))
   loaders = [
     iter(make_loader(DataSpec.from_config(cfg), seed=t.seed, process_index=i, process_count=2))
     for i in range(2)
   ]
   losses = []
-  for _ in range(3):
+  for index in range(steps):
     videos = np.concatenate([next(loader)['video'] for loader in loaders])
+    if encode is not None:
+      videos = encode(videos, index)
     state, metrics = step(state, videos)
     losses.append(float(metrics['loss']))
   return state, losses, params
@@ -180,3 +186,24 @@ def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_pat
   assert len(steps) == 1 and 3 <= next(iter(steps)) < 500, steps
   with Checkpointer(str(tmp_path / 'results' / 'checkpoints'), read_only=True) as ckpt:
     assert ckpt.steps() == sorted(steps)
+
+
+def test_a_latent_run_in_two_processes_agrees_with_one(tmp_path):
+  """Each process encodes its clips with the replicated autoencoder (posterior
+  samples from the run's seed and the step): the losses equal one process's."""
+  data = {k: dict(v) for k, v in TINY.items()}
+  vae = ROOT / 'tests' / 'fixtures' / 'vae' / 'wan_like'
+  data['unet']['channels'] = 3
+  data['dit']['patch_size'] = 1
+  data['diffusion'].update(image_size=16, num_frames=5, channels=3, vae=str(vae))
+  data['trainer'].update(results_folder=str(tmp_path / 'results'), train_num_steps=2)
+  config = tmp_path / 'latent.yaml'
+  config.write_text(yaml.safe_dump(data))
+  two_processes(config)
+  cfg = load_config(config)
+  space = latent.LatentSpace.load(str(vae))
+  encoder = latent.LatentEncoder(space, make_mesh(devices=jax.devices()[:1]), cfg.trainer.seed)
+  _, reference, _ = one_process_reference(cfg, 2, encoder, space.model_config(cfg))
+  lines = (tmp_path / 'results' / 'metrics.jsonl').read_text().splitlines()
+  rows = [json.loads(line) for line in lines]
+  np.testing.assert_allclose([r['loss'] for r in rows if 'loss' in r], reference, rtol=1e-5)

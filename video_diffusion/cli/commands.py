@@ -8,6 +8,7 @@ JAX is imported only after the arguments are read, so `--help` is instant.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -307,20 +308,49 @@ def run_prepare(args: argparse.Namespace) -> None:
   from video_diffusion.data.spec import DataSpec
   from video_diffusion.reporting.progress import ProgressBar
 
+  if args.vae_sample and not args.vae:
+    _fail('--vae-sample packs posterior samples of --vae PATH; give --vae too')
+  spec = DataSpec.from_config(cfg)
+  encoding = {}
+  if args.vae:
+    encoding = _shard_encoding(cfg, args, spec.video_shape)
   try:
     manifest = prepare(
       args.source,
       args.out,
-      DataSpec.from_config(cfg),
+      spec,
       args.shards,
       progress=lambda total, done: ProgressBar(total, initial=done, unit='clip', label='prepare'),
+      **encoding,
     )
   except DataError as e:
     _fail(str(e))
   f, s, _, c = manifest['video_shape']
   kinds = ', '.join(manifest['conditions']) or 'none'
+  what = f'clips of {f} frames of {s}x{s}x{c}'
+  train_with = f'trainer.dataset_path={args.out}'
+  if args.vae:
+    what = f'latents ({manifest["latents"]["stored"]}) of {what}'
+    train_with += f' diffusion.vae={args.vae}'
   print(
-    f'packed {manifest["clips"]} clips of {f} frames of {s}x{s}x{c} into '
-    f'{len(manifest["shards"])} shards in {os.path.abspath(args.out)} (conditions: {kinds}); '
-    f'train on them with trainer.dataset_path={args.out}'
+    f'packed {manifest["clips"]} {what} into {len(manifest["shards"])} shards in '
+    f'{os.path.abspath(args.out)} (conditions: {kinds}); train on them with {train_with}'
   )
+
+
+def _shard_encoding(cfg, args: argparse.Namespace, video_shape) -> dict:
+  """prepare's encode and latents keywords for --vae (the sizes checked first)."""
+  from video_diffusion.vae import latent
+
+  try:
+    space = latent.LatentSpace.load(args.vae)
+  except (OSError, ValueError) as e:
+    _fail(f'--vae: {e}')
+  with_vae = dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, vae=args.vae))
+  problem = latent.latent_sizes_problem(with_vae, space.config)
+  if problem:
+    _fail(f'--vae: {problem} (or the matching flag of prepare)')
+  encode, latents = latent.shard_encoder(
+    space, video_shape, sample=args.vae_sample, seed=cfg.trainer.seed
+  )
+  return {'encode': encode, 'latents': latents}

@@ -333,4 +333,18 @@ def prepare_parser(prog: str | None = None) -> argparse.ArgumentParser:
   parser.add_argument(
     '--shards', type=int, default=8, metavar='M', help='ArrayRecord files to write (default: 8).'
   )
+  parser.add_argument(
+    '--vae',
+    default=None,
+    metavar='PATH',
+    help='encode each clip once with this autoencoder (a train-vae checkpoint folder or a '
+    "diffusers folder) and pack its posterior's mean and log-variance; training on the "
+    'shards (with diffusion.vae: PATH) skips the encoder (default: pack the pixels).',
+  )
+  parser.add_argument(
+    '--vae-sample',
+    action='store_true',
+    help='with --vae, pack one posterior sample per clip instead (half the size; every '
+    'epoch then sees the same sample).',
+  )
   return parser

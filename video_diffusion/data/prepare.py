@@ -7,7 +7,10 @@ training cuts them, with the random window of seed [seed, k]) is
 preprocessed to the model's frames, size and channels and goes to shard
 k * shards // N. A shard is written to a `.partial` file and renamed when
 complete, so an interrupted run continues with the shards it had not finished;
-manifest.json is written last. numpy, PyAV and grain only (no JAX).
+manifest.json is written last. With an `encode` function (`prepare --vae`, given
+by the caller: this module has no JAX) the shards hold what it makes of the
+clips, `encode_batch` at a time, and the manifest its `latents` description.
+numpy, PyAV and grain only (no JAX).
 """
 
 from __future__ import annotations
@@ -84,11 +87,38 @@ def _start(out: str, settings: dict) -> None:
       json.dump(settings, f, indent=2)
 
 
-def prepare(source_path: str, out: str, spec: DataSpec, shards: int, *, progress=None) -> dict:
+def _clip(source, index: int, seed: int, preprocess, conditions) -> tuple[np.ndarray, dict]:
+  """Clip `index` of `source` (its window drawn from [seed, index]), preprocessed,
+  and its conditions."""
+  rng = np.random.default_rng([seed, index])
+  if isinstance(source, VideoFolderSource):
+    file, record = source.read_clip_of_file(index, rng)
+  else:
+    file, record = index, source.read_clip(index, rng)
+  for op in preprocess:
+    record = op.random_map(record, rng)
+  values = {kind: read(file, source.paths[file]) for kind, read in conditions.items()}
+  return record['video'], values
+
+
+def prepare(
+  source_path: str,
+  out: str,
+  spec: DataSpec,
+  shards: int,
+  *,
+  progress=None,
+  encode=None,
+  latents: dict | None = None,
+  encode_batch: int = 8,
+) -> dict:
   """Packs the clips of `source_path` (a folder of videos or a Moving MNIST .npy)
   cut as `spec` says (video_shape, frame_stride, fps, clips_per_video, seed)
   into `shards` ArrayRecord files in `out`; returns the manifest. `progress(total,
-  done)` makes a progress bar (update(n), close()) if given."""
+  done)` makes a progress bar (update(n), close()) if given. `encode(clips, start)`
+  maps uint8 clips (n, f, h, w, c), the first of index `start`, to the float
+  arrays packed instead (n, ...), described by `latents` in the manifest (and
+  the settings)."""
   if shards < 1:
     raise DataError(f'--shards must be >= 1, got {shards}')
   spec = dataclasses.replace(spec, dataset_path=source_path, random_flip=False)
@@ -107,6 +137,8 @@ def prepare(source_path: str, out: str, spec: DataSpec, shards: int, *, progress
     'seed': spec.seed,
     'shards': shards,
   }
+  if latents is not None:
+    settings['latents'] = latents
   _start(out, settings)
   conditions = _conditions(source)
   preprocess = [op for op in record_ops(spec, source) if not isinstance(op, ReadClip)]
@@ -122,17 +154,16 @@ def prepare(source_path: str, out: str, spec: DataSpec, shards: int, *, progress
     final = os.path.join(out, name)
     if os.path.exists(final):
       continue
-    writer = ArrayRecordWriter(final + '.partial', _WRITER_OPTIONS)
+    writer, pending = ArrayRecordWriter(final + '.partial', _WRITER_OPTIONS), []
     for index in range(bounds[k], bounds[k + 1]):
-      rng = np.random.default_rng([spec.seed, index])
-      if isinstance(source, VideoFolderSource):
-        file, record = source.read_clip_of_file(index, rng)
-      else:
-        file, record = index, source.read_clip(index, rng)
-      for op in preprocess:
-        record = op.random_map(record, rng)
-      values = {kind: read(file, source.paths[file]) for kind, read in conditions.items()}
-      writer.write(encode_clip(record['video'], values))
+      pending.append(_clip(source, index, spec.seed, preprocess, conditions))
+      if len(pending) == encode_batch or index + 1 == bounds[k + 1]:
+        videos = [video for video, _ in pending]
+        if encode is not None:
+          videos = encode(np.stack(videos), index + 1 - len(pending))
+        for video, (_, values) in zip(videos, pending, strict=True):
+          writer.write(encode_clip(video, values))
+        pending = []
       if bar is not None:
         bar.update(index + 1)
     writer.close()
@@ -147,6 +178,8 @@ def prepare(source_path: str, out: str, spec: DataSpec, shards: int, *, progress
     'conditions': _describe(conditions, source),
     'settings': settings,
   }
+  if latents is not None:
+    manifest['latents'] = latents
   with open(os.path.join(out, MANIFEST + '.partial'), 'w', encoding='utf-8') as f:
     json.dump(manifest, f, indent=2)
   os.replace(os.path.join(out, MANIFEST + '.partial'), os.path.join(out, MANIFEST))

@@ -64,7 +64,15 @@ class Preprocess(grain.transforms.RandomMap):
 
 def record_ops(spec: DataSpec, source) -> list:
   """The per-record operations from a source's record to the model's clip: the
-  clip read (file sources) and Preprocess; each takes a random generator."""
+  clip read (file sources) and Preprocess; each takes a random generator.
+  Shards of latents are read as they are."""
+  if getattr(source, 'latents', None) is not None:
+    if spec.random_flip:
+      raise DataError(
+        f'{source!r} holds latents, encoded once without flips; set trainer.random_flip: '
+        'false, or train from the videos'
+      )
+    return []
   frames, size, _, channels = spec.video_shape
   read = [ReadClip(source)] if getattr(source, 'clips', None) is not None else []
   return read + [Preprocess(frames, size, channels, random_flip=spec.random_flip)]

@@ -5,8 +5,11 @@ shards and `manifest.json` (written last): the clips' shape, count and
 conditions, the source and the settings they were cut with. Each record is
 a 4-byte little-endian header length, a JSON header (the video's shape and
 the clip's conditions: 'class' index, 'text', 'vector') and the video's
-bytes, channels-last (frames, height, width, channels). numpy and grain only
-(runs in grain worker processes).
+bytes, channels-last (frames, height, width, channels). Shards of latents
+(`prepare --vae`) hold float32 arrays instead, the header naming the dtype, and
+the manifest's 'latents' says which autoencoder made them and what they hold
+(the posterior's 'moments', mean and log-variance stacked on the channels, or a
+'sample'). numpy and grain only (runs in grain worker processes).
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ def is_packed(path: str) -> bool:
 
 
 def encode_clip(video: np.ndarray, conditions: dict) -> bytes:
-  """One record: uint8 video (f, h, w, c) and its conditions {kind: value}."""
+  """One record: uint8 video (f, h, w, c), or float32 latents, and its conditions
+  {kind: value}."""
+  video = np.asarray(video)
+  dtype = np.dtype(np.float32 if video.dtype.kind == 'f' else np.uint8)
   header = {'shape': list(video.shape)}
+  if dtype != np.uint8:
+    header['dtype'] = dtype.name
   for kind, value in conditions.items():
     header[kind] = np.asarray(value).tolist()
   text = json.dumps(header).encode()
-  return struct.pack('<I', len(text)) + text + np.ascontiguousarray(video, np.uint8).tobytes()
+  return struct.pack('<I', len(text)) + text + np.ascontiguousarray(video, dtype).tobytes()
 
 
 def decode_clip(data: bytes) -> tuple[np.ndarray, dict]:
@@ -51,7 +59,8 @@ def decode_clip(data: bytes) -> tuple[np.ndarray, dict]:
   (length,) = struct.unpack_from('<I', data)
   header = json.loads(data[4 : 4 + length])
   shape = tuple(header.pop('shape'))
-  video = np.frombuffer(data, np.uint8, offset=4 + length).reshape(shape)
+  dtype = np.dtype(header.pop('dtype', 'uint8'))
+  video = np.frombuffer(data, dtype, offset=4 + length).reshape(shape)
   return video, header
 
 
@@ -131,6 +140,11 @@ class PackedSource:
   @property
   def clips(self) -> None:
     return None  # cut when packed
+
+  @property
+  def latents(self) -> dict | None:
+    """The manifest's 'latents' of shards made with `prepare --vae`, else None."""
+    return self.manifest.get('latents')
 
   def __len__(self) -> int:
     return self._count

@@ -97,6 +97,12 @@ class MovingMnistSource:
       return np.array(self._array[frames, sequence, :, :, None])
     return np.array(self._array[sequence, frames])
 
+  def short_videos(self) -> list[str]:
+    """The sequences with fewer frames than a clip spans (all or none: one length)."""
+    if self._clips is None or self._length >= self._clips.span(None):
+      return []
+    return [f'{self._path}[{i}]' for i in range(self._sequences)]
+
   def read_clip(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Clip `index`: part index % clips_per_video of sequence index // clips_per_video;
     only its frames are read from the memory-mapped file."""

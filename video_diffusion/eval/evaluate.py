@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from video_diffusion.conditions import encoding as conditioning
+from video_diffusion.data.errors import DataError
 from video_diffusion.data.preprocess import record_ops
 from video_diffusion.data.sources import SyntheticDigitsSource, make_source
 from video_diffusion.data.spec import DataSpec
@@ -68,6 +69,26 @@ def training_clips(cfg, count: int, *, seed: int = 0) -> np.ndarray:
   return _cut(spec, source, range(min(count, len(source))), seed)[0]
 
 
+def _videos_of_latents(spec: DataSpec, source):
+  """(spec, source) of the videos that latent shards were encoded from, cut with
+  the same settings (held-out clips are pixels: FVD and the validation loss)."""
+  settings = source.manifest['settings']
+  spec = dataclasses.replace(
+    spec,
+    dataset_path=settings['source'],
+    frame_stride=settings['frame_stride'],
+    fps=settings['fps'],
+    clips_per_video=settings['clips_per_video'],
+  )
+  try:
+    return spec, make_source(spec)
+  except DataError as e:
+    raise EvalError(
+      f'{source!r} holds latents; its held-out clips are cut from the videos it was '
+      f'prepared from, which cannot be read: {e}'
+    ) from None
+
+
 def held_out_clips(
   cfg, count: int, *, dataset_path: str | None = None, seed: int = 0, need=None
 ) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -79,6 +100,8 @@ def held_out_clips(
   if dataset_path is not None:
     spec = dataclasses.replace(spec, dataset_path=dataset_path)
   source = make_source(spec)
+  if getattr(source, 'latents', None) is not None:
+    spec, source = _videos_of_latents(spec, source)
   if isinstance(source, SyntheticDigitsSource):
     start = len(source)  # training draws indices below len(source)
   else:

@@ -101,11 +101,11 @@ class _Run(Run):
     cond = self.condition(batch)
     tick = time.perf_counter()
     videos = sharding.global_batch(batch['video'], self.mesh)
-    if self.encode is not None:
-      videos = self.encode(videos, self.step)
     cond = None if cond is None else sharding.global_batch(cond, self.mesh)
     images = batch.get('image')  # image-video co-training
     images = None if images is None else sharding.global_batch(images, self.mesh)
+    if self.encode is not None:
+      videos = self.encode(videos, self.step, images)
     self.state, metrics = self.train_step(self.state, videos, cond, images)
     metrics = jax.device_get(metrics)
     del batch, videos, cond, images  # grain's shared memory: not kept alive by an error below

@@ -67,6 +67,12 @@ def training_loader(
   default DataSpec.from_config) and an EpochReport of its source."""
   spec = DataSpec.from_config(cfg) if spec is None else spec
   source = make_source(spec)
+  latents = getattr(source, 'latents', None)
+  if latents is not None and cfg.diffusion.vae is None:
+    raise TrainingError(
+      f'{spec.dataset_path} holds the latents of the autoencoder {latents["vae"]!r}; '
+      'set diffusion.vae to it (or train on the videos)'
+    )
   loader = data_loader.make_loader(
     spec, process_index=process_index, process_count=process_count, source=source
   )
@@ -176,7 +182,8 @@ def state_shardings_of(params, tx, seed: int, mesh: Mesh) -> TrainState:
 def latent_space(cfg: Config, ckpt: Checkpointer, resume_step: int) -> latent.LatentSpace | None:
   """The run's autoencoder (diffusion.vae; None in pixel space) with its latents'
   statistics: a resumed checkpoint's, else the autoencoder's own, else measured
-  on the first training clips. Refuses another autoencoder than the checkpoint's."""
+  on the first training clips (or their latents in shards of `prepare --vae`).
+  Refuses another autoencoder than the checkpoint's or the shards'."""
   d = cfg.diffusion
   if d.vae is None:
     return None
@@ -184,6 +191,16 @@ def latent_space(cfg: Config, ckpt: Checkpointer, resume_step: int) -> latent.La
     space = latent.LatentSpace.load(d.vae, sample_posterior=d.vae_posterior == 'sample')
   except (OSError, ValueError) as e:
     raise TrainingError(f'diffusion.vae: {e}') from None
+  shards = getattr(make_source(DataSpec.from_config(cfg)), 'latents', None)
+  if shards is not None and cfg.trainer.image_fraction:
+    raise TrainingError(
+      f'{cfg.trainer.dataset_path} holds latents, but co-training image stacks are encoded on '
+      'the fly; train from the videos (or set trainer.image_fraction: 0)'
+    )
+  try:
+    space = space.with_shards(shards)  # latent shards: the encoder is skipped
+  except ValueError as e:
+    raise TrainingError(str(e)) from None
   problem = latent.latent_sizes_problem(cfg, space.config)
   if problem:
     raise TrainingError(problem)

@@ -25,6 +25,7 @@ from video_diffusion.config.vae import ENCODER_CHUNK, LATENTS_RECORD, VAEConfig,
 from video_diffusion.diffusion.pixels import normalize_img, uint8_to_model_range, unnormalize_img
 from video_diffusion.parallel import sharding
 from video_diffusion.vae.loading import load_vae
+from video_diffusion.vae.wan import Posterior
 
 STATS_EPSILON = 1e-6  # the smallest standard deviation a measured channel is given
 STATS_CLIPS = 64  # training clips whose latents give the statistics an autoencoder lacks
@@ -60,11 +61,6 @@ def latent_sizes_problem(cfg: Config, vae: VAEConfig) -> str | None:
     )
   if problem := num_frames_problem(vae, d.num_frames):
     return problem
-  if cfg.trainer.image_fraction:
-    return (
-      'image-video co-training (trainer.image_fraction) does not encode its image stacks '
-      'with diffusion.vae yet; set image_fraction: 0 for a latent model'
-    )
   return None
 
 
@@ -75,6 +71,8 @@ class LatentSpace:
   `mean` and `std` are per channel (z_dim,): the autoencoder's latents_mean /
   latents_std, or measured on the training data (`with_stats`).
   `sample_posterior`: the train step encodes to a posterior sample (else its mean).
+  `stored`: what the training shards hold ('moments' or 'sample' of `prepare
+  --vae`), or None for videos, encoded on the fly.
   """
 
   graphdef: nnx.GraphDef
@@ -85,6 +83,7 @@ class LatentSpace:
   mean: np.ndarray | None
   std: np.ndarray | None
   sample_posterior: bool = True
+  stored: str | None = None
 
   @classmethod
   def load(cls, path: str, *, sample_posterior: bool = True) -> LatentSpace:
@@ -150,33 +149,96 @@ class LatentSpace:
   def _vae(self, params):
     return nnx.merge(self.graphdef, params)
 
+  def posterior(self, params, videos) -> Posterior:
+    """The autoencoder's posterior of uint8 (or [-1, 1] float) videos (b, f, h, w, c)."""
+    if videos.dtype == jnp.uint8:
+      videos = uint8_to_model_range(videos)
+    return self._vae(params).posterior(videos)
+
   def encode_videos(self, params, videos, key=None) -> jax.Array:
     """uint8 (or [-1, 1] float) videos (b, f, h, w, c) -> normalised latents
     (b, t, h', w', z): a posterior sample drawn from `key`, or its mean without one."""
-    if videos.dtype == jnp.uint8:
-      videos = uint8_to_model_range(videos)
-    posterior = self._vae(params).posterior(videos)
+    posterior = self.posterior(params, videos)
     latents = posterior.mean if key is None else posterior.sample(key)
     return (latents - self.mean) / self.std
 
+  def encode_images(self, params, stacks, key=None) -> jax.Array:
+    """Image stacks (b, f, h, w, c) -> normalised latents (b, t, h', w', z) of their
+    first t frames (t: the latent frames of f), each encoded alone as a one-frame
+    video, so that the latent frames stay as independent as the images."""
+    b, f = stacks.shape[:2]
+    t = self.config.latent_frames(f)
+    latents = self.encode_videos(params, stacks[:, :t].reshape(b * t, 1, *stacks.shape[2:]), key)
+    return latents.reshape(b, t, *latents.shape[2:])
+
+  def encode_batch(self, params, videos, images=None, key=None) -> jax.Array:
+    """encode_videos of a batch whose items flagged in `images` (bool (b,), or
+    None) are co-training image stacks, encoded by encode_images."""
+    latents = self.encode_videos(params, videos, key)
+    if images is None:
+      return latents
+    stacks = self.encode_images(params, videos, key)
+    return jnp.where(images[:, None, None, None, None], stacks, latents)
+
+  def stored_latents(self, arrays, key=None) -> jax.Array:
+    """Normalised latents of what shards of `self.stored` hold: 'moments' (mean and
+    log-variance on the channels) sampled with `key` (their mean without one), or a
+    'sample' as it is."""
+    latents = arrays
+    if self.stored == 'moments':
+      posterior = Posterior(*jnp.split(arrays, 2, axis=-1))
+      latents = posterior.mean if key is None else posterior.sample(key)
+    return (latents - self.mean) / self.std
+
+  def with_shards(self, latents: dict | None) -> LatentSpace:
+    """This space training on shards whose manifest's 'latents' is `latents` (None:
+    videos); raises ValueError, with the fix, for shards it cannot use."""
+    if latents is None:
+      return self
+    if latents.get('fingerprint') != self.fingerprint:
+      raise ValueError(
+        f'trainer.dataset_path holds the latents of the autoencoder {latents.get("vae")!r} '
+        f'(weights {latents.get("fingerprint")}), diffusion.vae {self.path!r} holds other '
+        f'weights ({self.fingerprint}); set diffusion.vae to it, or prepare the shards again '
+        'with --vae of this one'
+      )
+    if latents['stored'] == 'sample' and not self.sample_posterior:
+      raise ValueError(
+        'trainer.dataset_path holds posterior samples, diffusion.vae_posterior: mean asks for '
+        'the means; set vae_posterior: sample, or prepare the shards again without --vae-sample'
+      )
+    return dataclasses.replace(self, stored=latents['stored'])
+
   def sampling_request(self, *, first=None, last=None, num_frames=None, num_cond_frames=None):
-    """inference.sampling.generate's first / num_frames / num_cond_frames in latent
-    frames, from pixel ones: `first` (k, h, w, c) in [0, 1] is cut to its last 1 + 4j
-    frames and encoded (the causal encoder gives the latents those frames have at
-    a video's start), frame counts must be 1 + 4j. Raises ValueError on what a
-    latent model cannot take (`last`: interpolation)."""
-    if last is not None:
-      raise ValueError('--interpolate is not supported for a latent model (diffusion.vae) yet')
+    """inference.sampling.generate's first / last / num_frames / num_cond_frames in
+    latent frames, from pixel ones (k, h, w, c) in [0, 1]. `first` is cut to its
+    last 1 + 4j frames and encoded (the causal encoder gives the latents those
+    frames have at a video's start); `last` (interpolation) to its last 4i frames,
+    encoded after `first` as if they followed it. Frame counts must be 1 + 4j.
+    Raises ValueError on frames a latent model cannot take."""
     request = {
       key: None if frames is None else self.config.latent_frames(frames)
       for key, frames in (('num_frames', num_frames), ('num_cond_frames', num_cond_frames))
     }
-    if first is not None:
-      given = np.asarray(first, np.float32)
-      kept = 1 + (len(given) - 1) // ENCODER_CHUNK * ENCODER_CHUNK
-      given = given[len(given) - kept :][None]  # the last 1 + 4j
-      latents = jax.jit(self.encode_videos)(self.params, normalize_img(jnp.asarray(given)))
-      request['first'] = np.asarray(unnormalize_img(latents))[0]
+    if first is None:
+      return request
+    given = np.asarray(first, np.float32)
+    given = given[len(given) - (1 + (len(given) - 1) // ENCODER_CHUNK * ENCODER_CHUNK) :]
+    kept = self.config.latent_frames(len(given))  # the latent frames of `first`
+    if last is not None:
+      ending = np.asarray(last, np.float32)
+      if len(ending) < ENCODER_CHUNK:
+        raise ValueError(
+          f'a latent model interpolates to whole chunks of {ENCODER_CHUNK} last frames; '
+          f'--interpolate gave {len(ending)}: give at least {ENCODER_CHUNK}'
+        )
+      ending = ending[len(ending) % ENCODER_CHUNK :]
+      given = np.concatenate([given, ending])
+    encode = jax.jit(self.encode_videos)
+    latents = np.asarray(unnormalize_img(encode(self.params, normalize_img(given[None]))))[0]
+    request['first'] = latents[:kept]
+    if last is not None:
+      request['last'] = latents[kept:]
     return request
 
   def decode_videos(self, params, samples) -> jax.Array:
@@ -190,14 +252,18 @@ def measure_stats(
   space: LatentSpace, videos: np.ndarray, batch_size: int, seed: int = 0
 ) -> LatentSpace:
   """`space` with the per-channel mean and standard deviation of the latents of
-  uint8 `videos` (n, f, h, w, c) that training diffuses: posterior samples (drawn
-  from `seed`) or, without sample_posterior, the means; `batch_size` at a time."""
+  uint8 `videos` (n, f, h, w, c), or of the stored arrays of `space.stored`
+  shards, that training diffuses: posterior samples (drawn from `seed`) or,
+  without sample_posterior, the means; `batch_size` at a time."""
   raw = dataclasses.replace(
     space,
     mean=np.zeros(space.config.z_dim, np.float32),
     std=np.ones(space.config.z_dim, np.float32),
   )
-  encode = jax.jit(raw.encode_videos)
+  if space.stored is None:
+    encode = jax.jit(raw.encode_videos)
+  else:
+    encode = jax.jit(lambda params, arrays, key: raw.stored_latents(arrays, key))
   total, total_sq, count = 0.0, 0.0, 0
   key = jax.random.fold_in(jax.random.key(seed), ENCODE_STREAM) if space.sample_posterior else None
   for start in range(0, len(videos), batch_size):
@@ -208,6 +274,39 @@ def measure_stats(
     total, total_sq, count = total + flat.sum(0), total_sq + (flat**2).sum(0), count + len(flat)
   mean = total / count
   return space.with_stats(mean, np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)))
+
+
+def shard_encoder(space: LatentSpace, video_shape, *, sample: bool = False, seed: int = 0):
+  """(encode, latents) for data.prepare.prepare: `encode(clips, start)` maps uint8
+  clips (n, f, h, w, c) to float32 posterior moments (mean and log-variance on the
+  channels) or, with `sample`, to posterior samples drawn from `seed` and the
+  first clip's index `start`; `latents` describes them for the manifest."""
+  key = jax.random.fold_in(jax.random.key(seed), ENCODE_STREAM)
+
+  @jax.jit
+  def encode_batch(params, videos, start):
+    posterior = space.posterior(params, videos)
+    if sample:
+      return posterior.sample(jax.random.fold_in(key, start))
+    return jnp.concatenate([posterior.mean, posterior.logvar], axis=-1)
+
+  def encode(clips: np.ndarray, start: int) -> np.ndarray:
+    return np.asarray(encode_batch(space.params, jnp.asarray(clips), start), np.float32)
+
+  frames, size, _, _ = video_shape
+  v = space.config
+  latents = {
+    'vae': space.path,
+    'fingerprint': space.fingerprint,
+    'stored': 'sample' if sample else 'moments',
+    'shape': [
+      v.latent_frames(frames),
+      size // v.spatial_compression,
+      size // v.spatial_compression,
+      v.z_dim if sample else 2 * v.z_dim,
+    ],
+  }
+  return encode, latents
 
 
 def for_checkpoint(cfg: Config, saved: dict) -> LatentSpace | None:
@@ -232,44 +331,57 @@ def for_checkpoint(cfg: Config, saved: dict) -> LatentSpace | None:
 
 
 def decoder(space: LatentSpace | None):
-  """`decode(samples) -> numpy videos in [0, 1]` of a sampler's output (jitted);
-  for a pixel-space model (space None) the samples as they are."""
+  """`decode(samples) -> numpy videos in [0, 1]` of a sampler's output (jitted;
+  frames larger than the autoencoder's tiles, 256 pixels, decode tile by tile, as
+  diffusers' enable_tiling); for a pixel-space model (space None) the samples as
+  they are."""
   if space is None:
     return np.asarray
-  decode = jax.jit(space.decode_videos)
+  vae = nnx.merge(space.graphdef, space.params)
+  vae.enable_tiling()
+  tiled = dataclasses.replace(space, graphdef=nnx.graphdef(vae))
+  decode = jax.jit(tiled.decode_videos)
   return lambda samples: np.asarray(decode(space.params, jnp.asarray(samples)))
 
 
 class LatentEncoder:
-  """A latent run's train-step input: uint8 video batches sharded over `mesh`'s
-  batch axes -> normalised latents sharded alike; a posterior sample drawn from
-  the run's seed and the step (so a resumed run draws the same), or the mean.
-  The autoencoder's params are replicated on the mesh."""
+  """A latent run's train-step input: uint8 video batches (or latent shards'
+  arrays, without the encoder) sharded over `mesh`'s batch axes -> normalised
+  latents sharded alike; a posterior sample drawn from the run's seed and the
+  step (so a resumed run draws the same), or the mean. The autoencoder's params
+  are replicated on the mesh."""
 
   def __init__(self, space: LatentSpace, mesh, seed: int):
     self.space = space
     self.replicated, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     self.params = jax.device_put(space.params, self.replicated)
     self.key = jax.random.fold_in(jax.random.key(seed), ENCODE_STREAM)
-    self._sample = jax.jit(
-      lambda params, videos, key_data: space.encode_videos(
-        params, videos, jax.random.wrap_key_data(key_data)
+
+    def wrap(key_data):
+      return None if key_data is None else jax.random.wrap_key_data(key_data)
+
+    self._encode = jax.jit(
+      lambda params, videos, images, key_data: space.encode_batch(
+        params, videos, images, wrap(key_data)
       ),
-      in_shardings=(self.replicated, batch, self.replicated),
       out_shardings=batch,
     )
-    self._mean = jax.jit(
-      space.encode_videos, in_shardings=(self.replicated, batch), out_shardings=batch
+    self._stored = jax.jit(
+      lambda arrays, key_data: space.stored_latents(arrays, wrap(key_data)), out_shardings=batch
     )
 
   def means(self, videos: jax.Array) -> jax.Array:
     """The posterior means of a batch (for held-out clips)."""
-    return self._mean(self.params, videos)
+    return self._encode(self.params, videos, None, None)
 
-  def __call__(self, videos: jax.Array, step: int) -> jax.Array:
-    """The train step's latents of the batch of step `step`."""
-    if not self.space.sample_posterior:
-      return self.means(videos)
+  def __call__(self, batch: jax.Array, step: int, images: jax.Array | None = None) -> jax.Array:
+    """The train step's latents of the batch of step `step`: uint8 videos encoded
+    (`images` flags co-training image stacks), or the stored arrays of latent shards."""
+    key_data = self._key_data(step) if self.space.sample_posterior else None
+    if self.space.stored is not None:
+      return self._stored(batch, key_data)
+    return self._encode(self.params, batch, images, key_data)
+
+  def _key_data(self, step: int) -> jax.Array:
     key_data = jax.random.key_data(jax.random.fold_in(self.key, step))
-    key_data = sharding.global_array(np.asarray(key_data), self.replicated)
-    return self._sample(self.params, videos, key_data)
+    return sharding.global_array(np.asarray(key_data), self.replicated)
