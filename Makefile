@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The PyTorch original, for benchmarks/bench.py's reference columns only.
 REF_VENV := .venv-reference
 
-.PHONY: setup demo demo-fvd test test-fast lint docs config-docs bench profile fixtures
+.PHONY: setup demo demo-latent demo-fvd test test-fast lint docs config-docs bench profile fixtures
 
 # PYTHONWARNINGS: setuptools warns at every editable install of a flat layout that a
 # folder named like the package shadows it; here that folder is the package.
@@ -22,6 +22,14 @@ demo: setup
 	$(PY) train.py --config configs/config.yaml --resume_step -1
 	$(PY) sample.py --config configs/config.yaml --load-ema-params --batch-size 9 \
 	  --sampler heun --steps 20 --output-path results/demo/samples-final
+
+# The latent demo: the small video autoencoder on the digits (configs/vae_digits.yaml),
+# then a model on its latents at 64 x 64, 17 frames, then samples (each step resumes).
+demo-latent: setup
+	$(PY) -m video_diffusion train-vae --config configs/vae_digits.yaml --resume_step -1
+	$(PY) train.py --config configs/demo_latent.yaml --resume_step -1
+	$(PY) sample.py --config configs/demo_latent.yaml --load-ema-params --batch-size 9 \
+	  --sampler euler --steps 20 --output-path results/demo-latent/samples-final
 
 # FVD of the demo model with two samplers against 256 held-out videos (docs/results.md).
 demo-fvd: setup
