@@ -133,14 +133,21 @@ def cached_latents(out: pathlib.Path, vae: str) -> tuple[pathlib.Path, float]:
 
 def train_for(name: str, minutes: float, out: pathlib.Path, every: int, seed: int, vae=None):
   """Runs train.py on the variant's config for `minutes`, then SIGTERM."""
-  from video_diffusion.config import dump_config, load_config
-
-  folder = out / run_name(name, seed)
   cache = None
   if f'{CACHE_KEY}=' in VARIANTS[name][1]:
     cache, prepared = cached_latents(out, vae)
     print(f'{name}: latents of {CACHED_CLIPS} clips cached in {prepared:.1f} min', flush=True)
   base, overrides = VARIANTS[name][0], overrides_of(name, vae, cache)
+  train_run(out / run_name(name, seed), base, overrides, minutes, every, seed)
+
+
+def train_run(
+  folder: pathlib.Path, base: str, overrides: list[str], minutes: float, every: int, seed: int
+) -> None:
+  """Trains configs/`base` with `overrides` into `folder` (made here) for `minutes`
+  of wall clock from the start, checkpointing every `every` steps, then SIGTERM."""
+  from video_diffusion.config import dump_config, load_config
+
   cfg = load_config(
     ROOT / 'configs' / base,
     overrides
@@ -163,7 +170,9 @@ def train_for(name: str, minutes: float, out: pathlib.Path, every: int, seed: in
   )
   try:
     proc.wait(timeout=minutes * 60)
-    raise RuntimeError(f'{name}: train.py ended before the budget (status {proc.returncode})')
+    raise RuntimeError(
+      f'{folder.name}: train.py ended before the budget (status {proc.returncode})'
+    )
   except subprocess.TimeoutExpired:
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=600)
@@ -180,14 +189,15 @@ def trained_run(folder: pathlib.Path):
 
 
 def evaluate(cfg, step: int, sampler: str, steps: int, num_videos: int, cache: pathlib.Path):
-  """evaluate_checkpoint's FVD and real-vs-real FVD for the EMA weights, each evaluation
+  """evaluate_checkpoint's numbers (FVD, real-vs-real FVD, mean pixel, changes over
+  time) for the EMA weights, each evaluation
   made once (kept in cache/evaluations.json, so an interrupted bench resumes with --eval-only)."""
   store = cache / 'evaluations.json'
   done = json.loads(store.read_text()) if store.exists() else {}
   key = f'{pathlib.Path(cfg.trainer.results_folder).name}/{step}/{sampler}-{steps}/{num_videos}'
   if key not in done:
     r = _evaluate(cfg, step, sampler, steps, num_videos, cache)
-    done[key] = {'fvd': r['fvd'], 'fvd_real_vs_real': r['fvd_real_vs_real']}
+    done[key] = {k: v for k, v in r.items() if isinstance(v, float)}
     store.write_text(json.dumps(done, indent=2))
   return done[key]
 

