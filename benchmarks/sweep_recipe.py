@@ -117,11 +117,8 @@ def judge(folder: pathlib.Path, levers: str, num_videos: int, cache: pathlib.Pat
   EMA weights of its last step with the levers' sampler on `num_videos` videos."""
   import numpy as np
 
-  from video_diffusion.config import resolved_checkpoint_dir
-
   cfg, _, records = bench.trained_run(folder)
-  ckpt_dir = pathlib.Path(resolved_checkpoint_dir(cfg))
-  last = max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+  last = last_checkpoint(folder)
   sampler, steps = lever_keys(levers, baseline_steps=2)[1]
   step_times = [r['step_time'] for r in records if 'step_time' in r][1:]  # not the compile
   val = [r['val_loss'] for r in records if 'val_loss' in r]
@@ -150,6 +147,11 @@ def baseline_steps(out: pathlib.Path, stage: str, minutes: float) -> int | None:
   folder = run_folder(out, stage, 'baseline', minutes, 0)
   if not (folder / 'trained.json').exists():
     return None
+  return last_checkpoint(folder)
+
+
+def last_checkpoint(folder: pathlib.Path) -> int:
+  """The step of a trained run's last checkpoint (the one SIGTERM wrote)."""
   return max(int(p.name) for p in (folder / 'checkpoints').iterdir() if p.name.isdigit())
 
 
