@@ -170,12 +170,10 @@ def sweep(args, stage: str, seeds: list[int], num_videos: int) -> None:
       folder = run_folder(out, stage, levers, args.minutes, seed)
       steps = baseline_steps(out, stage, args.minutes)
       ensure_trained(folder, levers if trains(levers) else 'baseline', args.minutes, seed, steps)
-      judged = [(num_videos, 'fvd')] + ([(SCREEN_VIDEOS, 'fvd_64')] if stage == 'final' else [])
       record = dict(stage=stage, levers=levers, seed=seed, minutes=args.minutes)
-      for videos, field in judged:
-        numbers = judge(folder, levers, videos, cache)
-        record.update({k: v for k, v in numbers.items() if k != 'fvd'}, **{field: numbers['fvd']})
-      record['num_videos'] = num_videos
+      record.update(judge(folder, levers, num_videos, cache), num_videos=num_videos)
+      if stage == 'final':  # the same weights' cheap FVD, for the rank correlation
+        record['fvd_64'] = judge(folder, levers, SCREEN_VIDEOS, cache)['fvd']
       done = json.loads(store.read_text()) if store.exists() else {}
       done[f'{stage}/{levers}/{seed}/{args.minutes:g}'] = record
       store.write_text(json.dumps(done, indent=2))
