@@ -52,6 +52,7 @@ LEVERS: dict[str, tuple[list[str], tuple[str, int] | None]] = {
   'baseline': ([], None),
   'lr_1e-3': (['trainer.train_lr=1e-3'], None),
   'lr_2e-3': (['trainer.train_lr=2e-3'], None),
+  'lr_4e-3': (['trainer.train_lr=4e-3'], None),
   'lr_cosine': (['trainer.lr_decay_start_step={half}', 'trainer.lr_decay_steps={half}'], None),
   'batch_4': (['trainer.train_batch_size=4'], None),
   'batch_16': (['trainer.train_batch_size=16'], None),
@@ -124,7 +125,7 @@ def judge(folder: pathlib.Path, levers: str, num_videos: int, cache: pathlib.Pat
   val = [r['val_loss'] for r in records if 'val_loss' in r]
   return dict(
     steps=last,
-    s_per_step=float(np.median(step_times)),
+    s_per_step=float(np.median(step_times)) if step_times else None,
     val_loss=val[-1] if val else None,
     sampler=f'{sampler}-{steps}',
     **bench.evaluate(cfg, last, sampler, steps, num_videos, cache),
@@ -199,7 +200,8 @@ def table(args) -> None:
   for r in sorted(records, key=lambda r: (r['stage'] != 'screen', r['fvd'])):
     rows.append(
       f'| {r["stage"]} | {r["levers"]} | {r["seed"]} | {r["minutes"]:g} | {r["steps"]} | '
-      f'{r["s_per_step"]:.2f} | {_fmt(r["val_loss"], 4)} | {r["fvd"]:.1f} | {r["num_videos"]} | '
+      f'{_fmt(r["s_per_step"], 2)} | {_fmt(r["val_loss"], 4)} | {r["fvd"]:.1f} | '
+      f'{r["num_videos"]} | '
       f'{r["sampler"]} | {r["generated_mean_pixel"]:.3f} ({r["real_mean_pixel"]:.3f}) | '
       f'{r["generated_frame_change"]:.4f} ({r["real_frame_change"]:.4f}) | '
       f'{r["generated_mass_drift"]:.4f} ({r["real_mass_drift"]:.4f}) |'

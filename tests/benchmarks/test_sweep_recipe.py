@@ -76,6 +76,7 @@ def test_the_table_ranks_the_cheap_signals_against_the_final_fvd(tmp_path):
   screens['heun_50'] = (850, 0.30)
   finals = {'baseline': (600, 520), 'lr_1e-3': (450, 350), 'ema_0.995': (400, 440)}
   records = {f'screen/{k}': _record('screen', k, 0, *v) for k, v in screens.items()}
+  records['screen/heun_50']['s_per_step'] = None  # a run that logged only its first step
   for levers, fvds in finals.items():
     for seed, fvd in enumerate(fvds):
       records[f'final/{levers}/{seed}'] = _record('final', levers, seed, fvd, 0.2)
@@ -88,3 +89,4 @@ def test_the_table_ranks_the_cheap_signals_against_the_final_fvd(tmp_path):
   # Validation losses 0.30, 0.28, 0.30 rank 1.5, 0, 1.5 against 2, 0, 1: rho 1.5 / sqrt(3).
   assert 'Spearman, screen val_loss vs final FVD over 3 levers: 0.87' in text
   assert text.count('| screen |') == 4 and text.count('| final |') == 6
+  assert '| screen | heun_50 | 0 | 5 | 600 | - | 0.3000 | 850.0 |' in text
